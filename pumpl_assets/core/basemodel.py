@@ -21,6 +21,7 @@ from pumpl_assets.core.catalogue import BaseModelSpec, ModelNotAvailableError
 from pumpl_assets.core.io import atomic_path, sha256_file
 
 MARKER = "pumpl_base.json"
+CONVERTER_VERSION = 2  # bump to force re-conversion of cached folders
 
 
 def gguf_path(spec: BaseModelSpec) -> Path:
@@ -51,6 +52,14 @@ def convert_gguf(src: Path, dest: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     # A gguf-loaded model carries a gguf quantization_config that save_pretrained refuses.
+    # The GGUF's tokenizer metadata names <|im_start|> as eos; the chat template (and the model's
+    # generation_config) end a turn with <|im_end|>. Make the tokenizer agree with the template.
+    if "<|im_end|>" in (tokenizer.chat_template or "") and tokenizer.eos_token != "<|im_end|>":
+        tokenizer.eos_token = "<|im_end|>"
+        tokenizer.pad_token = tokenizer.pad_token or "<|im_end|>"
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
@@ -58,20 +67,25 @@ def convert_gguf(src: Path, dest: Path) -> Path:
     with atomic_path(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"gguf": src.name, "gguf_sha256": sha256_file(src)}))
+        (tmp / MARKER).write_text(json.dumps({"gguf": src.name, "gguf_sha256": sha256_file(src), "converter": CONVERTER_VERSION}))
     return dest
 
 
 def ensure_base_model(spec: BaseModelSpec) -> Path:
     """Return a loadable Hugging Face folder (or hub id) for ``spec``; convert/cache when needed."""
     local = spec.local_dir()
+    if spec.has_path_override() and _is_hf_folder(local):
+        return local  # an explicit PUMPL_MODEL_PATH_<KEY> always wins (tests point it at a tiny model)
     if spec.source == "gguf_package":
         src = gguf_path(spec)
         marker = local / MARKER
         if marker.is_file() and _is_hf_folder(local):
             meta = json.loads(marker.read_text())
-            # Size check is cheap; the full hash is only recomputed when sizes match but files may differ.
-            if meta.get("gguf") == src.name and meta.get("gguf_sha256") == sha256_file(src):
+            if (
+                meta.get("gguf") == src.name
+                and meta.get("converter") == CONVERTER_VERSION
+                and meta.get("gguf_sha256") == sha256_file(src)
+            ):
                 return local
         return convert_gguf(src, local)
     if _is_hf_folder(local):
@@ -115,3 +129,17 @@ def build_tiny_model(dest: Path, tokenizer_source: Path, *, hidden: int = 64, la
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return dest
+
+
+def check_model_available(spec: BaseModelSpec) -> str:
+    """Cheap pre-flight (no loading): where the weights will come from, or ModelNotAvailableError."""
+    local = spec.local_dir()
+    if spec.has_path_override() and _is_hf_folder(local):
+        return str(local)
+    if spec.source == "gguf_package":
+        return str(gguf_path(spec))
+    if _is_hf_folder(local):
+        return str(local)
+    if os.environ.get("PUMPL_ALLOW_HUB_DOWNLOAD") == "1":
+        return spec.hub_id
+    return str(ensure_base_model(spec))  # raises with the full "where to put it" message

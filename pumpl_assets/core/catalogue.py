@@ -54,9 +54,16 @@ class BaseModelSpec:
     def lora_targets(self) -> list[str]:
         return list(self.recipe.target_modules)
 
+    @property
+    def path_env_var(self) -> str:
+        return f"PUMPL_MODEL_PATH_{self.key.upper().replace('-', '_').replace('.', '_')}"
+
+    def has_path_override(self) -> bool:
+        return bool(os.environ.get(self.path_env_var))
+
     def local_dir(self) -> Path:
-        """Where this model's Hugging Face folder lives (or must be put)."""
-        override = os.environ.get(f"PUMPL_MODEL_PATH_{self.key.upper().replace('-', '_').replace('.', '_')}")
+        """Where this model's Hugging Face folder lives (or must be put); PUMPL_MODEL_PATH_<KEY> overrides."""
+        override = os.environ.get(self.path_env_var)
         return Path(override).expanduser().resolve() if override else settings.models_root() / self.key
 
     def fingerprint(self) -> str:

@@ -12,13 +12,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from pumpl_assets.core.schemas import LEVELS, Equipment, Level, Limitation
 
 # Columns of the normalized exercise table (raw asset output).
-EXERCISE_COLUMNS = {
+EXERCISE_COLUMNS: dict[str, Any] = {
     "name": pl.String,
     "level": pl.String,
     "equipment": pl.String,

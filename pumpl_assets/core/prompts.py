@@ -112,10 +112,26 @@ def render_prompt(
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
+_SENTINEL = "\u2063PUMPL_ANSWER\u2063"
+
+
 def answer_suffix(tokenizer: ChatTokenizer, style: str) -> str:
-    """What closes an assistant turn (the model must learn to stop)."""
+    """What closes an assistant turn in this style (the model must learn to stop there).
+
+    Read from the chat template itself (e.g. ``<|im_end|>`` for ChatML), not from
+    ``eos_token``, which some converted tokenizers set to a different token.
+    """
     if style == "mistral_inst":
         return "</s>"
+    if getattr(tokenizer, "chat_template", None):
+        text = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+            )
+        )
+        if _SENTINEL in text:
+            tail = text.split(_SENTINEL, 1)[1]
+            return tail.rstrip("\n") or str(tokenizer.eos_token or "")
     eos = tokenizer.eos_token
     return str(eos) if eos else ""
 

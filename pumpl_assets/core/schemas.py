@@ -99,8 +99,9 @@ class _Strict(BaseModel):
 
 class _ExerciseBase(_Strict):
     name: str = Field(min_length=2, max_length=80, description="Exact catalogue name of the exercise")
-    sets: int = Field(ge=1, le=8)
-    rest_s: int = Field(ge=0, le=300, description="Rest after each set, seconds")
+    # Defaults (1 set, no rest) are omitted from the compact JSON: warm-up/cool-down items are shorter.
+    sets: int = Field(default=1, ge=1, le=8)
+    rest_s: int = Field(default=0, ge=0, le=300, description="Rest after each set, seconds")
     equipment: Equipment | None = Field(default=None, description="Optional; derivable from the catalogue")
     muscles: list[Muscle] | None = Field(default=None, max_length=4, description="Primary muscles (optional)")
     notes: str | None = Field(default=None, max_length=120)
@@ -347,5 +348,5 @@ def parse_plan(text: str) -> WorkoutPlanResponse:
 
 
 def dump_plan(plan: WorkoutPlanResponse) -> str:
-    """Canonical compact JSON of a plan (the training target form)."""
-    return plan.model_dump_json(exclude_none=True)
+    """Canonical compact JSON of a plan (the training target form): no nulls, no default values."""
+    return plan.model_dump_json(exclude_none=True, exclude_defaults=True)

@@ -24,10 +24,7 @@ PromptStyle = Literal["auto", "chat_template", "mistral_inst"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are Pumpl, a certified strength coach. Answer with one compact JSON workout plan that fits "
-    "the request exactly: its time, level, equipment and limitations."
-)
+DEFAULT_SYSTEM_PROMPT = "You are Pumpl, a strength coach. Reply with one JSON workout plan that fits the request."
 
 
 def _path_env(name: str, default: Path) -> Path:

@@ -1,0 +1,181 @@
+"""Distillation: sample workout requests, ask a teacher for plans, keep the good ones.
+
+* :func:`sample_requests` — a seeded, stratified, prefix-stable request sample.
+* :func:`distill` — one teacher pass; every request ends up in exactly one of
+  ``rows`` (a plan that parses and passes :func:`pumpl_assets.core.validate.validate_example`)
+  or ``quarantine`` (with the reason). ``len(requests) == rows.height + quarantine.height``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import polars as pl
+
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.prompts import request_to_prompt
+from pumpl_assets.core.schemas import (
+    GOALS,
+    LEVELS,
+    LIMITATIONS,
+    MINUTES_CHOICES,
+    Equipment,
+    RequestSpec,
+    dump_plan,
+)
+from pumpl_assets.core.teachers.base import Teacher, TeacherResult, estimate_cost_usd
+from pumpl_assets.core.validate import canonical_plan, validate_example
+
+# Equipment sets people actually own (body only is always implied by RequestSpec).
+EQUIPMENT_SETS: tuple[tuple[Equipment, ...], ...] = (
+    ("body only",),
+    ("dumbbell",),
+    ("kettlebells",),
+    ("bands",),
+    ("dumbbell", "bands"),
+    ("barbell", "dumbbell", "cable", "machine"),
+)
+LIMITATION_RATE = 0.3
+GRID_SIZE = len(GOALS) * len(MINUTES_CHOICES) * len(LEVELS) * len(EQUIPMENT_SETS)  # 540
+
+ROW_COLUMNS = {
+    "request_json": pl.String,
+    "prompt": pl.String,
+    "plan_json": pl.String,
+    "teacher": pl.String,
+    "model": pl.String,
+    "cache_hit": pl.Boolean,
+}
+QUARANTINE_COLUMNS = {"request_json": pl.String, "reason": pl.String}
+
+
+def _cell(i: int) -> tuple[int, int, int, int]:
+    """Index → (goal, minutes, level, equipment) indices.
+
+    A bijection on each block of 540 consecutive indices (every grid cell exactly
+    once), arranged so any 6 consecutive indices cover all goals, all levels and all
+    equipment sets, and any 30 cover all goal × minutes pairs.
+    """
+    j = i % GRID_SIZE
+    g = j % 6
+    m = (2 * (j // 6) + g) % 5
+    lvl = (j // 30 + j) % 3
+    e = (j // 90 + j) % 6
+    return g, m, lvl, e
+
+
+def _request_at(i: int, seed: int) -> RequestSpec:
+    rnd = i // GRID_SIZE
+    perm_rng = random.Random(f"pumpl-distill-perm:{seed}:{rnd}")
+    goals, minutes, levels, eqs = list(GOALS), list(MINUTES_CHOICES), list(LEVELS), list(EQUIPMENT_SETS)
+    for xs in (goals, minutes, levels, eqs):
+        perm_rng.shuffle(xs)  # type: ignore[arg-type]
+    g, m, lvl, e = _cell(i)
+    rng = random.Random(f"pumpl-distill-row:{seed}:{i}")
+    limitations: list[str] = []
+    if rng.random() < LIMITATION_RATE:
+        limitations = rng.sample(list(LIMITATIONS), rng.choice((1, 1, 2)))
+    return RequestSpec.model_validate(
+        {
+            "goal": goals[g],
+            "minutes": minutes[m],
+            "level": levels[lvl],
+            "equipment": list(eqs[e]),
+            "days_per_week": rng.randint(2, 5),
+            "limitations": limitations,
+        }
+    )
+
+
+def sample_requests(n: int, seed: int) -> list[RequestSpec]:
+    """``n`` requests, stratified over goals × MINUTES_CHOICES × levels × EQUIPMENT_SETS.
+
+    Deterministic in ``(n, seed)``; request ``i`` depends only on ``(i, seed)``, so
+    ``sample_requests(n, s)`` is a prefix of ``sample_requests(m, s)`` for ``n < m``.
+    Every 540 requests cover the full grid once (with seed-dependent order); days
+    per week are 2-5; ~30% carry one or two limitations.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return [_request_at(i, seed) for i in range(n)]
+
+
+@dataclass
+class DistillResult:
+    rows: pl.DataFrame
+    quarantine: pl.DataFrame
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cache_hits: int
+    teacher: str
+    model: str
+
+    @property
+    def total(self) -> int:
+        return self.rows.height + self.quarantine.height
+
+
+def _check(result: TeacherResult, catalogue: ExerciseCatalogue) -> tuple[str | None, str]:
+    """(canonical plan JSON, "") when the result is usable, else (None, reason)."""
+    if result.plan_text is None:
+        return None, result.error or "teacher returned no plan and no reason"
+    outcome = validate_example(result.request, result.plan_text, catalogue)
+    if not outcome.ok or outcome.plan is None:
+        return None, "; ".join(outcome.reasons or [f"{outcome.stage}: invalid plan"])
+    plan = canonical_plan(outcome.plan, catalogue)
+    for ex in plan.session.all_exercises():  # compact training form: derivable facts omitted
+        ex.equipment, ex.muscles, ex.notes = None, None, None
+    return dump_plan(plan), ""
+
+
+def distill(requests: list[RequestSpec], teacher: Teacher, catalogue: ExerciseCatalogue) -> DistillResult:
+    """Ask ``teacher`` for every request; validate; split into rows and quarantine.
+
+    Assumes the teacher returns one result per request in order (checked: a
+    missing result quarantines its request rather than losing it). Cost is
+    estimated from the teacher's reported tokens, excluding cache hits (those cost
+    nothing this run).
+    """
+    results = teacher.generate(list(requests), catalogue)
+    rows: list[dict[str, object]] = []
+    quarantine: list[dict[str, object]] = []
+    in_tok = out_tok = hits = 0
+    for i, req in enumerate(requests):
+        res = results[i] if i < len(results) else None
+        if res is None:
+            quarantine.append({"request_json": req.key(), "reason": "teacher returned no result for this request"})
+            continue
+        if res.cache_hit:
+            hits += 1
+        else:
+            in_tok += res.input_tokens
+            out_tok += res.output_tokens
+        plan_json, reason = _check(res, catalogue)
+        if plan_json is None:
+            quarantine.append({"request_json": req.key(), "reason": reason})
+            continue
+        rows.append(
+            {
+                "request_json": req.key(),
+                "prompt": request_to_prompt(req),
+                "plan_json": plan_json,
+                "teacher": teacher.name,
+                "model": teacher.model,
+                "cache_hit": res.cache_hit,
+            }
+        )
+    out = DistillResult(
+        rows=pl.DataFrame(rows, schema=ROW_COLUMNS),
+        quarantine=pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS),
+        input_tokens=in_tok,
+        output_tokens=out_tok,
+        cost_usd=estimate_cost_usd(teacher.model, in_tok, out_tok),
+        cache_hits=hits,
+        teacher=teacher.name,
+        model=teacher.model,
+    )
+    if out.total != len(requests):  # pragma: no cover - invariant
+        raise RuntimeError(f"distill accounted for {out.total} of {len(requests)} requests")
+    return out

@@ -1,0 +1,402 @@
+"""Evaluation of the base model and the LoRA adapter on the test split.
+
+For every model in {"base", "adapter"} × mode in {"unconstrained", "constrained"} the
+report holds (fractions over ALL test examples; an invalid answer counts as a failure
+for every later metric):
+
+* ``json_valid`` — the answer parses as JSON;
+* ``schema_valid`` — it parses as :class:`WorkoutPlanResponse`;
+* ``adherence`` — :func:`pumpl_assets.core.validate.adherence` ``.ok`` (duration, known
+  exercises, equipment, level, limitations);
+* ``duration_ok``, ``exercises_ok`` (known + equipment + level);
+* ``tokens_per_s`` (completion tokens / generation wall time of the mode),
+  ``latency_p50_ms`` / ``latency_p95_ms`` (per example: wall time of the batch it was
+  decoded in — what a client of a batched server would wait);
+
+plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt masked,
+token-weighted over the split) and ``<model>.perplexity`` (its exp).
+
+Assumptions: ``test_rows`` has ``example_id``, ``request_json`` (a :class:`RequestSpec`)
+and ``plan_json`` (the reference answer). One model is loaded: the adapter is applied
+unmerged with PEFT and the base runs go through ``model.disable_adapter()``. Rows are
+sorted by prompt length before batching (less padding); greedy decoding, so results are
+deterministic. Constrained mode uses the request-aware schema of each row
+(:func:`pumpl_assets.core.grammar.request_plan_schema`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
+from pumpl_assets.core.grammar import request_plan_schema
+from pumpl_assets.core.io import atomic_path, write_json_atomic, write_parquet_atomic
+from pumpl_assets.core.prompts import render_example, render_prompt, request_to_prompt
+from pumpl_assets.core.schemas import RequestSpec
+from pumpl_assets.core.validate import validate_example
+
+MODES: tuple[str, ...] = ("unconstrained", "constrained")
+MODE_METRICS: tuple[str, ...] = (
+    "json_valid",
+    "schema_valid",
+    "adherence",
+    "duration_ok",
+    "exercises_ok",
+    "tokens_per_s",
+    "latency_p50_ms",
+    "latency_p95_ms",
+)
+REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
+
+PER_EXAMPLE_SCHEMA: dict[str, Any] = {
+    "model": pl.String,
+    "mode": pl.String,
+    "example_id": pl.String,
+    "request_json": pl.String,
+    "text": pl.String,
+    "finish_reason": pl.String,
+    "json_valid": pl.Boolean,
+    "schema_valid": pl.Boolean,
+    "adherent": pl.Boolean,
+    "duration_ok": pl.Boolean,
+    "exercises_ok": pl.Boolean,
+    "computed_minutes": pl.Float64,
+    "reasons": pl.List(pl.String),
+    "latency_ms": pl.Float64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+}
+
+
+@dataclass
+class EvalReport:
+    summary: dict[str, float]
+    per_example: pl.DataFrame
+
+
+@dataclass
+class _Example:
+    example_id: str
+    request_json: str
+    request: RequestSpec
+    reference: str
+    prompt: str
+    prompt_len: int
+
+
+def _parse_rows(test_rows: pl.DataFrame, limit: int | None) -> list[tuple[str, str, RequestSpec, str]]:
+    missing = [c for c in REQUIRED_COLUMNS if c not in test_rows.columns]
+    if missing:
+        raise ValueError(f"test_rows lacks column(s) {missing}; it has {test_rows.columns}")
+    rows = test_rows.head(limit) if limit is not None else test_rows
+    if rows.height == 0:
+        raise ValueError("test_rows is empty; nothing to evaluate")
+    out, bad = [], []
+    for r in rows.select(REQUIRED_COLUMNS).iter_rows(named=True):
+        eid = str(r["example_id"])
+        try:
+            req = RequestSpec.model_validate_json(r["request_json"])
+        except (ValueError, TypeError) as exc:
+            bad.append(f"{eid}: {str(exc).splitlines()[0]}")
+            continue
+        if not isinstance(r["plan_json"], str) or not r["plan_json"]:
+            bad.append(f"{eid}: empty plan_json")
+            continue
+        out.append((eid, r["request_json"], req, r["plan_json"]))
+    if bad:
+        raise ValueError(f"{len(bad)} test row(s) are malformed (fix the split): " + "; ".join(bad[:5]))
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _adapter_toggle(engine: HFEngine, model: str) -> contextlib.AbstractContextManager[Any]:
+    if model == "base" and hasattr(engine.model, "disable_adapter"):
+        return engine.model.disable_adapter()  # type: ignore[no-any-return]
+    return contextlib.nullcontext()
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def answer_loss(
+    engine: HFEngine,
+    examples: list[tuple[str, str]],
+    *,
+    style: str,
+    system_prompt: str | None,
+    batch_size: int = 8,
+) -> tuple[float, int]:
+    """(mean token NLL of the answers, answer-token count) for (user, answer) pairs.
+
+    Each example is rendered exactly as in training (:func:`render_example`), the prompt
+    part is masked, and the loss is summed over answer tokens (end-of-turn included) and
+    divided by their total count.
+    """
+    import torch
+
+    tok = engine.tokenizer
+    seqs: list[tuple[list[int], int]] = []
+    for user, answer in examples:
+        prompt, full = render_example(tok, user, answer, system=system_prompt, style=style)
+        ids = tok(full, add_special_tokens=False).input_ids
+        n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
+        seqs.append((ids, n_prompt))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for chunk in _batches(seqs, batch_size):
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), engine.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for i, (ids, n_prompt) in enumerate(chunk):
+                t = torch.tensor(ids, dtype=torch.long)
+                input_ids[i, : len(ids)] = t
+                mask[i, : len(ids)] = 1
+                labels[i, n_prompt : len(ids)] = t[n_prompt:]
+            logits = engine.model(
+                input_ids=input_ids.to(engine.device), attention_mask=mask.to(engine.device)
+            ).logits.float()
+            shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((shift_labels != -100).sum())
+    if count == 0:
+        raise ValueError("no answer tokens to score (every reference answer was empty after masking)")
+    return total / count, count
+
+
+def _score(ex: _Example, text: str, catalogue: ExerciseCatalogue) -> dict[str, Any]:
+    out = validate_example(ex.request, text, catalogue)
+    adh = out.adherence
+    return {
+        "json_valid": out.stage != "json",
+        "schema_valid": out.stage in ("domain", "ok"),
+        "adherent": bool(adh and adh.ok),
+        "duration_ok": bool(adh and adh.duration_ok),
+        "exercises_ok": bool(adh and adh.exercises_known and adh.equipment_ok and adh.level_ok),
+        "computed_minutes": adh.computed_minutes if adh else None,
+        "reasons": list(out.reasons),
+    }
+
+
+def _run_mode(
+    engine: HFEngine,
+    model: str,
+    mode: str,
+    examples: list[_Example],
+    catalogue: ExerciseCatalogue,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    rows: list[dict[str, Any]] = []
+    gen_seconds, gen_tokens = 0.0, 0
+    with _adapter_toggle(engine, model):
+        for chunk in _batches(examples, batch_size):
+            schemas = (
+                [request_plan_schema(ex.request, catalogue) for ex in chunk] if mode == "constrained" else None
+            )
+            t0 = time.perf_counter()
+            gens = engine.generate([ex.prompt for ex in chunk], params, schemas)
+            dt = time.perf_counter() - t0
+            gen_seconds += dt
+            for ex, g in zip(chunk, gens, strict=True):
+                gen_tokens += g.completion_tokens
+                rows.append(
+                    {
+                        "model": model,
+                        "mode": mode,
+                        "example_id": ex.example_id,
+                        "request_json": ex.request_json,
+                        "text": g.text,
+                        "finish_reason": g.finish_reason,
+                        **_score(ex, g.text, catalogue),
+                        "latency_ms": dt * 1000.0,
+                        "prompt_tokens": g.prompt_tokens,
+                        "completion_tokens": g.completion_tokens,
+                    }
+                )
+    n = len(rows)
+    lat = [r["latency_ms"] for r in rows]
+    metrics = {
+        "json_valid": sum(r["json_valid"] for r in rows) / n,
+        "schema_valid": sum(r["schema_valid"] for r in rows) / n,
+        "adherence": sum(r["adherent"] for r in rows) / n,
+        "duration_ok": sum(r["duration_ok"] for r in rows) / n,
+        "exercises_ok": sum(r["exercises_ok"] for r in rows) / n,
+        "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
+        "latency_p50_ms": _percentile(lat, 0.50),
+        "latency_p95_ms": _percentile(lat, 0.95),
+    }
+    return rows, metrics
+
+
+def evaluate_models(
+    base_model: Path,
+    adapter_dir: Path | None,
+    test_rows: pl.DataFrame,
+    catalogue: ExerciseCatalogue,
+    *,
+    style: str,
+    system_prompt: str | None,
+    batch_size: int = 8,
+    max_new_tokens: int = 320,
+    modes: tuple[str, ...] | list[str] = MODES,
+    include_base: bool = True,
+    limit: int | None = None,
+    engine: HFEngine | None = None,
+) -> EvalReport:
+    """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
+
+    ``engine`` may pass an already loaded :class:`HFEngine` (with the adapter applied
+    unmerged when ``adapter_dir`` is given); otherwise one is loaded and closed here.
+    """
+    bad_modes = [m for m in modes if m not in MODES]
+    if bad_modes or not modes:
+        raise ValueError(f"unknown mode(s) {bad_modes or modes}; use a subset of {MODES}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
+    models = (["base"] if include_base or adapter_dir is None else []) + (["adapter"] if adapter_dir else [])
+    parsed = _parse_rows(test_rows, limit)
+
+    own = engine is None
+    eng = engine or load_engine("transformers", base_model, adapter_path=adapter_dir)
+    if not isinstance(eng, HFEngine):
+        raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(eng).__name__}")
+    if adapter_dir is not None and not hasattr(eng.model, "disable_adapter"):
+        raise ValueError("adapter_dir given but the engine's model has no PEFT adapter applied")
+    try:
+        tok = eng.tokenizer
+        examples = []
+        for eid, rj, req, ref in parsed:
+            prompt = render_prompt(tok, request_to_prompt(req), system=system_prompt, style=style)
+            n = len(tok(prompt, add_special_tokens=False).input_ids)
+            examples.append(_Example(eid, rj, req, ref, prompt, n))
+        examples.sort(key=lambda e: (e.prompt_len, e.example_id))
+
+        summary: dict[str, float] = {"n_examples": float(len(examples))}
+        all_rows: list[dict[str, Any]] = []
+        for model in models:
+            with _adapter_toggle(eng, model):
+                loss, n_tok = answer_loss(
+                    eng,
+                    [(request_to_prompt(e.request), e.reference) for e in examples],
+                    style=style,
+                    system_prompt=system_prompt,
+                    batch_size=batch_size,
+                )
+            summary[f"{model}.test_loss"] = loss
+            summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
+            summary[f"{model}.answer_tokens"] = float(n_tok)
+            for mode in modes:
+                rows, metrics = _run_mode(
+                    eng, model, mode, examples, catalogue, batch_size=batch_size, max_new_tokens=max_new_tokens
+                )
+                all_rows.extend(rows)
+                summary.update({f"{model}.{mode}.{k}": float(v) for k, v in metrics.items()})
+        if eng._grammars is not None:
+            st = eng._grammars.stats
+            summary["grammar.compiles"] = float(st.compiles)
+            summary["grammar.cache_hits"] = float(st.hits)
+            summary["grammar.compile_s_mean"] = st.compile_seconds / st.compiles if st.compiles else 0.0
+        per_example = pl.DataFrame(all_rows, schema=PER_EXAMPLE_SCHEMA)
+        return EvalReport(summary=summary, per_example=per_example)
+    finally:
+        if own:
+            eng.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _plot_rates(summary: dict[str, float], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["json_valid", "schema_valid", "adherence", "duration_ok", "exercises_ok"]
+    combos = sorted({k.rsplit(".", 1)[0] for k in summary if k.endswith(".schema_valid")})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
+    width = 0.8 / max(1, len(combos))
+    for j, combo in enumerate(combos):
+        vals = [summary.get(f"{combo}.{m}", float("nan")) for m in metrics]
+        ax.bar([i + j * width for i in range(len(metrics))], vals, width=width, label=combo)
+    ax.set_xticks([i + width * (len(combos) - 1) / 2 for i in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of test examples")
+    ax.set_title("Validity and adherence by model and decoding mode")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_latency(per_example: pl.DataFrame, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if per_example.height:
+        for (model, mode), grp in per_example.group_by(["model", "mode"], maintain_order=True):
+            ax.scatter(grp["completion_tokens"], grp["latency_ms"], label=f"{model}.{mode}", s=14)
+    ax.set_xlabel("completion tokens")
+    ax.set_ylabel("batch latency (ms)")
+    ax.set_title("Latency vs completion length")
+    if per_example.height:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_eval_outputs(report: EvalReport, out_dir: Path | str) -> dict[str, Path]:
+    """Write per_example.parquet, summary.json and two PNG plots into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "per_example": write_parquet_atomic(out / "per_example.parquet", report.per_example),
+        "summary": write_json_atomic(
+            out / "summary.json",
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.summary.items()},
+        ),
+    }
+    _plot_rates(report.summary, out / "rates.png")
+    _plot_latency(report.per_example, out / "latency.png")
+    paths["rates_plot"] = out / "rates.png"
+    paths["latency_plot"] = out / "latency.png"
+    return paths
+
+
+def load_summary(out_dir: Path | str) -> dict[str, float]:
+    """Read back summary.json (None → NaN)."""
+    raw = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
+    return {k: float("nan") if v is None else float(v) for k, v in raw.items()}

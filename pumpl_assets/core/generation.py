@@ -1,0 +1,632 @@
+"""Inference engines behind one interface, with request-aware constrained decoding.
+
+Engines (:func:`load_engine` ``kind``):
+
+* ``transformers`` — a Hugging Face folder in fp32/bf16/fp16, optionally with a PEFT
+  LoRA adapter applied *unmerged* (so evaluation can toggle it with
+  ``engine.model.disable_adapter()``).
+* ``bnb4`` / ``bnb8`` — the same folder quantized on load by bitsandbytes (works on CPU
+  with bitsandbytes >= 0.48).
+* ``awq`` — a compressed-tensors AWQ folder as written by llmcompressor, loaded through
+  transformers.
+* ``vllm`` — CUDA only, imported lazily; guided JSON through vLLM's structured outputs.
+
+The four Hugging Face engines share :class:`HFEngine`, a hand-written decode loop (not
+``model.generate``) so that every row of a batch can carry its own sampling params, stop
+strings and grammar:
+
+* prompts are rendered texts (:func:`pumpl_assets.core.prompts.render_prompt`) and are
+  tokenized with ``add_special_tokens=False`` (the template already carries BOS/turn tokens);
+* left padding + attention mask + explicit position ids, KV cache, logits of the last
+  position only; finished rows are dropped from the batch (cache rows selected away);
+* a row stops on any end-of-turn id (the union of the config's, generation config's and
+  tokenizer's EOS ids), on one of its stop strings (text cut before it), or at its
+  ``max_new_tokens`` (``finish_reason="length"``);
+* ``temperature == 0`` → greedy (argmax); otherwise temperature + top-p sampling from a
+  per-row ``torch.Generator`` seeded with ``params.seed`` (reproducible per row,
+  independent of batch composition);
+* ``json_schemas[i]`` constrains row ``i`` with xgrammar: a :class:`GrammarMatcher` per row
+  fills a token bitmask each step; rows without a schema in the same batch are untouched.
+  The grammar ends in a stop token, so a constrained row that finishes with ``"stop"``
+  always parses against the schema. Stop strings are ignored for constrained rows (the
+  grammar decides where the answer ends). Compiled grammars are cached per tokenizer in an
+  LRU keyed by the SHA-256 of the canonical schema JSON; output is compact JSON
+  (``any_whitespace=False``, separators ``(",", ":")``), the same form as the training
+  targets (:func:`pumpl_assets.core.schemas.dump_plan`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pumpl_assets.core.io import sha256_text
+
+ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm")
+_HF_KINDS = ("transformers", "bnb4", "bnb8", "awq")
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 320
+    temperature: float = 0.0  # 0 → greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "transformers" | "bnb4" | "bnb8" | "awq" | "vllm"
+    quantization: str | None
+    model_path: str
+    tokenizer: Any
+
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams | list[GenerationParams],
+        json_schemas: list[dict | None] | None = None,
+    ) -> list[Generation]: ...
+
+    def stream(
+        self, prompt: str, params: GenerationParams, json_schema: dict | None = None
+    ) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """An engine cannot run in this environment (missing CUDA, package, or incompatible model)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Grammar compilation (xgrammar), cached
+# --------------------------------------------------------------------------------------------
+
+
+def schema_key(schema: dict) -> str:
+    """Cache key of a JSON schema: SHA-256 of its canonical JSON."""
+    return sha256_text(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+
+
+@dataclass
+class GrammarStats:
+    compiles: int = 0
+    hits: int = 0
+    compile_seconds: float = 0.0
+    last_compile_seconds: float = 0.0
+
+
+class GrammarCache:
+    """xgrammar compiler for one tokenizer + an LRU of compiled JSON-schema grammars.
+
+    Thread-safe (serving may compile from several request threads). ``stop_token_ids``
+    are the ids the grammar accepts once the JSON is complete.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], *, max_size: int = 64):
+        import xgrammar as xgr
+
+        self.vocab_size = vocab_size
+        self.stop_token_ids = list(stop_token_ids)
+        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids
+        )
+        self.compiler = xgr.GrammarCompiler(self.tokenizer_info, max_threads=2, cache_enabled=False)
+        self.max_size = max_size
+        self.stats = GrammarStats()
+        self._lru: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get(self, schema: dict) -> Any:
+        """The compiled grammar of ``schema`` (compiled once, then served from the LRU)."""
+        key = schema_key(schema)
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                self.stats.hits += 1
+                return self._lru[key]
+        t0 = time.perf_counter()
+        compiled = self.compiler.compile_json_schema(
+            json.dumps(schema), any_whitespace=False, separators=(",", ":"), strict_mode=True
+        )
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self.stats.compiles += 1
+            self.stats.compile_seconds += dt
+            self.stats.last_compile_seconds = dt
+            self._lru[key] = compiled
+            self._lru.move_to_end(key)
+            while len(self._lru) > self.max_size:
+                self._lru.popitem(last=False)
+        return compiled
+
+    def matcher(self, schema: dict) -> Any:
+        import xgrammar as xgr
+
+        return xgr.GrammarMatcher(self.get(schema))
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face engines
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device={device!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def _resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def _read_quant_config(model_path: Path) -> dict | None:
+    cfg = model_path / "config.json"
+    if not cfg.is_file():
+        return None
+    qc = json.loads(cfg.read_text(encoding="utf-8")).get("quantization_config")
+    return qc if isinstance(qc, dict) else None
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list | tuple):
+            ids.update(int(x) for x in eos)
+    if isinstance(tokenizer.eos_token_id, int):
+        ids.add(tokenizer.eos_token_id)
+    # Chat models end their turn with an explicit end-of-turn token even where the
+    # tokenizer's eos says otherwise (e.g. a GGUF-converted SmolLM2).
+    vocab = tokenizer.get_vocab()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>"):
+        if tok in vocab:
+            ids.add(int(vocab[tok]))
+    if not ids:
+        raise EngineError("model and tokenizer define no end-of-sequence token; cannot stop generation")
+    return sorted(ids)
+
+
+@dataclass
+class _Row:
+    index: int
+    params: GenerationParams
+    prompt_tokens: int
+    matcher: Any = None
+    generator: Any = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class HFEngine:
+    """transformers / bnb4 / bnb8 / awq engine: one loaded model + tokenizer + grammar cache."""
+
+    def __init__(
+        self,
+        name: str,
+        model: Any,
+        tokenizer: Any,
+        model_path: str,
+        *,
+        quantization: str | None = None,
+        adapter_path: str | None = None,
+    ):
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_path = model_path
+        self.quantization = quantization
+        self.adapter_path = adapter_path
+        self.device = next(model.parameters()).device
+        self.stop_token_ids = _stop_ids(model, tokenizer)
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
+        )
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._grammars: GrammarCache | None = None
+        self._lock = threading.Lock()  # one decode loop at a time per model
+
+    # -- grammar ---------------------------------------------------------------------------
+    @property
+    def grammars(self) -> GrammarCache:
+        if self._grammars is None:
+            self._grammars = GrammarCache(self.tokenizer, self.vocab_size, self.stop_token_ids)
+        return self._grammars
+
+    # -- public API ------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams | list[GenerationParams],
+        json_schemas: list[dict | None] | None = None,
+    ) -> list[Generation]:
+        """Batched generation of ``prompts`` (all in one batch; callers chunk)."""
+        rows = None
+        for rows in self._decode(prompts, params, json_schemas):
+            pass
+        assert rows is not None
+        return [
+            Generation(r.text, r.prompt_tokens, len(r.tokens), r.finish_reason or "length") for r in rows
+        ]
+
+    def stream(self, prompt: str, params: GenerationParams, json_schema: dict | None = None) -> Iterator[str]:
+        """Yield text pieces of one generation as they are decoded (joined = ``generate`` text)."""
+        sent = 0
+        hold = max((len(s) for s in params.stop or []), default=1) - 1
+        rows: list[_Row] = []
+        for rows in self._decode([prompt], params, [json_schema]):
+            row = rows[0]
+            text = row.text
+            # Hold back a possibly incomplete UTF-8 char and a possible stop-string prefix.
+            safe = len(text) if row.finish_reason else max(sent, len(text.rstrip("\ufffd")) - hold)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if rows and len(rows[0].text) > sent:
+            yield rows[0].text[sent:]
+
+    def close(self) -> None:
+        import gc
+
+        self.model = None
+        self._grammars = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    # -- decode loop -----------------------------------------------------------------------
+    def _decode(
+        self,
+        prompts: list[str],
+        params: GenerationParams | list[GenerationParams],
+        json_schemas: list[dict | None] | None,
+    ) -> Iterator[list[_Row]]:
+        """Core loop; yields the row states after every step (generate drains it, stream reads it)."""
+        import torch
+
+        if self.model is None:
+            raise EngineError("engine is closed")
+        n = len(prompts)
+        if n == 0:
+            yield []
+            return
+        plist = params if isinstance(params, list) else [params] * n
+        schemas = json_schemas if json_schemas is not None else [None] * n
+        if len(plist) != n or len(schemas) != n:
+            raise ValueError(
+                f"got {n} prompts but {len(plist)} params and {len(schemas)} json_schemas; lengths must match"
+            )
+        for p in plist:
+            if p.max_new_tokens < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
+            if p.temperature < 0 or not (0 < p.top_p <= 1):
+                raise ValueError(f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}")
+
+        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        rows = [_Row(index=i, params=plist[i], prompt_tokens=len(enc[i])) for i in range(n)]
+        for i, s in enumerate(schemas):
+            if s is not None:
+                rows[i].matcher = self.grammars.matcher(s)
+            if plist[i].temperature > 0:
+                g = torch.Generator(device="cpu")
+                g.manual_seed(plist[i].seed if plist[i].seed is not None else int(torch.randint(0, 2**31 - 1, ())))
+                rows[i].generator = g
+
+        width = max(len(e) for e in enc)
+        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, e in enumerate(enc):
+            if e:
+                ids[i, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+                mask[i, width - len(e) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        import xgrammar as xgr
+
+        bitmask = xgr.allocate_token_bitmask(n, self.vocab_size) if any(r.matcher for r in rows) else None
+        stop_ids = set(self.stop_token_ids)
+        active = list(range(n))  # rows still in the batch, in cache order
+        cache: Any = None
+        step_ids, step_pos = ids, positions
+        with self._lock, torch.inference_mode():
+            while active:
+                out = self.model(
+                    input_ids=step_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=step_pos.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
+                if logits.shape[-1] > self.vocab_size:
+                    logits = logits[:, : self.vocab_size]
+                constrained = [b for b, ri in enumerate(active) if rows[ri].matcher is not None]
+                if constrained and bitmask is not None:
+                    for b in constrained:
+                        rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
+                    xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=constrained)
+                next_tokens: list[int] = []
+                for b, ri in enumerate(active):
+                    next_tokens.append(self._pick(logits[b], rows[ri]))
+                keep: list[int] = []
+                for b, ri in enumerate(active):
+                    row, tok = rows[ri], next_tokens[b]
+                    self._advance(row, tok, stop_ids)
+                    if row.finish_reason is None:
+                        keep.append(b)
+                yield rows
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep, dtype=torch.long)
+                    cache.batch_select_indices(sel.to(self.device))
+                    mask = mask[sel]
+                    step_pos = step_pos[sel]
+                    next_tokens = [next_tokens[b] for b in keep]
+                    active = [active[b] for b in keep]
+                step_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+
+    @staticmethod
+    def _pick(logits: Any, row: _Row) -> int:
+        import torch
+
+        p = row.params
+        if p.temperature <= 0:
+            return int(torch.argmax(logits))
+        scaled = logits / p.temperature
+        probs = torch.softmax(scaled, dim=-1)
+        if p.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            cum = sorted_p.cumsum(-1)
+            cut = cum - sorted_p > p.top_p  # keep the smallest prefix reaching top_p
+            sorted_p[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _advance(self, row: _Row, tok: int, stop_ids: set[int]) -> None:
+        if row.matcher is not None:
+            if not row.matcher.accept_token(tok):
+                # Cannot happen with the mask applied; fail loudly rather than emit invalid JSON.
+                raise EngineError(f"grammar rejected token {tok} in row {row.index}")
+            if row.matcher.is_terminated():
+                row.finish_reason = "stop"
+                return
+        if tok in stop_ids and row.matcher is None:
+            row.finish_reason = "stop"
+            return
+        row.tokens.append(tok)
+        row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        if row.matcher is None and row.params.stop:
+            hits = [row.text.find(s) for s in row.params.stop if s and s in row.text]
+            if hits:
+                row.text = row.text[: min(hits)]
+                row.finish_reason = "stop"
+                return
+        if len(row.tokens) >= row.params.max_new_tokens:
+            row.finish_reason = "length"
+
+
+def _load_hf(
+    kind: str, path: Path, *, adapter_path: Path | None, device: str, dtype: str
+) -> HFEngine:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    qc = _read_quant_config(path)
+    qmethod = (qc or {}).get("quant_method")
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    quantization: str | None = None
+    if kind in ("bnb4", "bnb8"):
+        if qmethod:
+            raise ValueError(
+                f"engine {kind!r} quantizes a full-precision model on load, but {path} is already "
+                f"quantized ({qmethod}); use engine 'awq' for compressed-tensors/AWQ folders"
+            )
+        from transformers import BitsAndBytesConfig
+
+        if kind == "bnb4":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        quantization = kind
+    elif kind == "awq":
+        if qmethod not in ("compressed-tensors", "awq"):
+            raise ValueError(
+                f"engine 'awq' needs a compressed-tensors/AWQ folder (config.json quantization_config), "
+                f"but {path} has quant_method={qmethod!r}"
+            )
+        quantization = "awq"
+    elif qmethod:
+        quantization = str(qmethod)
+    kwargs["device_map"] = {"": dev}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter_path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
+    model.eval()
+    return HFEngine(
+        kind,
+        model,
+        tokenizer,
+        str(path),
+        quantization=quantization,
+        adapter_path=str(adapter_path) if adapter_path else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM engine (GPU only)
+# --------------------------------------------------------------------------------------------
+
+
+class VLLMEngine:
+    """vLLM ``LLM`` + ``SamplingParams``; json schemas go through structured outputs (xgrammar)."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: Path, *, adapter_path: Path | None, dtype: str):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EngineError("engine 'vllm' needs a CUDA GPU; use 'transformers' (or bnb4/bnb8/awq) on CPU")
+        try:
+            import vllm
+        except ImportError as exc:
+            raise EngineError("engine 'vllm' needs the vllm package (`pip install vllm`) on a GPU machine") from exc
+        self.model_path = str(model_path)
+        qc = _read_quant_config(model_path)
+        self.quantization = (qc or {}).get("quant_method")
+        self.adapter_path = str(adapter_path) if adapter_path else None
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=self.model_path,
+            dtype="auto" if dtype == "auto" else dtype,
+            enable_lora=adapter_path is not None,
+            gpu_memory_utilization=0.8,
+            seed=0,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        vocab = self.tokenizer.get_vocab()
+        self._extra_stop_ids = [int(vocab[t]) for t in ("<|im_end|>", "<|eot_id|>") if t in vocab]
+        self._lora = None
+        if adapter_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest("adapter", 1, str(adapter_path))
+
+    def _sampling(self, p: GenerationParams, schema: dict | None) -> Any:
+        kwargs: dict[str, Any] = {
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": p.seed,
+            "stop": None if schema is not None else p.stop,
+        }
+        if schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # Compact JSON like the training targets (xgrammar backend: any_whitespace=False).
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
+        if self._extra_stop_ids:
+            kwargs["stop_token_ids"] = self._extra_stop_ids
+        return self._vllm.SamplingParams(**kwargs)
+
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams | list[GenerationParams],
+        json_schemas: list[dict | None] | None = None,
+    ) -> list[Generation]:
+        n = len(prompts)
+        plist = params if isinstance(params, list) else [params] * n
+        schemas = json_schemas if json_schemas is not None else [None] * n
+        if len(plist) != n or len(schemas) != n:
+            raise ValueError(f"got {n} prompts but {len(plist)} params and {len(schemas)} json_schemas")
+        sps = [self._sampling(p, s) for p, s in zip(plist, schemas, strict=True)]
+        token_prompts = [
+            {"prompt_token_ids": self.tokenizer(p, add_special_tokens=False).input_ids} for p in prompts
+        ]
+        outs = self.llm.generate(token_prompts, sps, lora_request=self._lora, use_tqdm=False)
+        result = []
+        for o in outs:
+            c = o.outputs[0]
+            result.append(
+                Generation(
+                    text=c.text,
+                    prompt_tokens=len(o.prompt_token_ids or []),
+                    completion_tokens=len(c.token_ids),
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                )
+            )
+        return result
+
+    def stream(self, prompt: str, params: GenerationParams, json_schema: dict | None = None) -> Iterator[str]:
+        # The offline LLM API has no token streaming; yield the whole answer as one piece.
+        yield self.generate([prompt], params, [json_schema])[0].text
+
+    def close(self) -> None:
+        import gc
+
+        self.llm = None
+        gc.collect()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def load_engine(
+    kind: str,
+    model_path: str | Path,
+    *,
+    adapter_path: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Engine:
+    """Load ``model_path`` (a Hugging Face folder) behind engine ``kind``.
+
+    Raises ``ValueError`` for an unknown kind or an incompatible model (bnb on an already
+    quantized folder, awq on a full-precision one), :class:`EngineError` where the
+    environment cannot run the engine (vllm without CUDA or without the package).
+    """
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"unknown engine {kind!r}; supported engines: {', '.join(ENGINE_KINDS)}")
+    path = Path(model_path)
+    adapter = Path(adapter_path) if adapter_path is not None else None
+    if kind == "vllm":
+        return VLLMEngine(path, adapter_path=adapter, dtype=dtype)
+    return _load_hf(kind, path, adapter_path=adapter, device=device, dtype=dtype)

@@ -1,0 +1,466 @@
+"""The model half of the graph: lora_adapter → eval_report → merged_model → awq_model → registry_entry.
+
+Heavy work (training) runs in a subprocess (unsloth must be imported before
+transformers; the code server stays clean); steps that hold the accelerator use the
+``gpu`` pool so two of them never share a card.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from pumpl_assets.common import (
+    GPU_POOL,
+    EvalConfig,
+    QuantizeConfig,
+    RegistryConfig,
+    TrainConfig,
+    base_model_partitions,
+    check,
+    code_version,
+    fail_on_missing_model,
+    gate_spec,
+    metadata,
+    out_dir,
+    read_gates,
+    spec_for,
+    timed,
+    upstream_dir,
+    write_gates,
+)
+from pumpl_assets.core import settings
+from pumpl_assets.core.catalogue import CATALOGUE, ModelNotAvailableError
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.io import sha256_tree, write_json_atomic
+from pumpl_assets.defs.resources import MlflowResource
+
+MODEL = "model"
+_RECIPES = {k: v.recipe.model_dump() for k, v in CATALOGUE.items()}
+_GATES = {k: v.gates.__dict__ for k, v in CATALOGUE.items()}
+
+
+def _base(context: dg.AssetExecutionContext) -> Path:
+    from pumpl_assets.core.basemodel import ensure_base_model
+
+    try:
+        return ensure_base_model(spec_for(context))
+    except ModelNotAvailableError as exc:
+        raise fail_on_missing_model(exc) from None
+
+
+def _png_md(path: Path) -> dg.MetadataValue:
+    import base64
+
+    if not path.is_file():
+        return dg.MetadataValue.md("_(no plot)_")
+    data = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
+
+
+def _mlflow_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    return {
+        "dagster.run_id": context.run_id,
+        "dagster.partition": context.partition_key,
+        "dagster.asset": context.asset_key.to_user_string(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- lora_adapter
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["split"],
+    pool=GPU_POOL,
+    code_version=code_version("lora-1", _RECIPES),
+    kinds={"pytorch", "peft"},
+    check_specs=[
+        gate_spec("trained", "lora_adapter", "The adapter was trained for at least one step"),
+        gate_spec("loss_improved", "lora_adapter", "Training loss is finite and fell"),
+        gate_spec("adapter_integrity", "lora_adapter", "Adapter files exist, load and hold finite weights"),
+    ],
+    description="LoRA adapter trained on the train split (unsloth or PEFT backend, per config/machine).",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    from pumpl_assets.core.merge import AdapterError, verify_adapter
+    from pumpl_assets.core.prompts import resolve_style
+    from pumpl_assets.core.training import run_training_subprocess
+
+    spec = spec_for(context)
+    base = _base(context)
+    split_dir = upstream_dir(context.partition_key, "split")
+    cfg = spec.recipe.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "backend": config.backend,
+                "max_steps": config.max_steps,
+                "learning_rate": config.learning_rate,
+                "seed": config.seed,
+            }.items()
+            if v is not None
+        }
+    )
+    d = out_dir(context)
+    if not config.resume:
+        import shutil
+
+        shutil.rmtree(d / "checkpoints", ignore_errors=True)
+    job = {
+        "base_model": str(base),
+        "config": cfg.model_dump(),
+        "train_path": str(split_dir / "train.jsonl"),
+        "val_path": str(split_dir / "val.jsonl"),
+        "out_dir": str(d),
+        "style": resolve_style(spec.prompt_style),
+        "system_prompt": settings.system_prompt(),
+        "device": spec.device,
+    }
+    with timed() as t:
+        result = run_training_subprocess(job, log_path=d / "train.log")
+    adapter_dir = Path(result.adapter_dir)
+    losses = [loss for _, loss in result.train_loss]
+    try:
+        info = verify_adapter(adapter_dir)
+        integrity, integrity_msg = True, f"{len(info) if hasattr(info, '__len__') else 'ok'}"
+    except AdapterError as exc:
+        integrity, integrity_msg = False, str(exc)
+    head = sum(losses[: max(1, len(losses) // 5)]) / max(1, len(losses[: max(1, len(losses) // 5)])) if losses else float("nan")
+    tail = sum(losses[-max(1, len(losses) // 5):]) / max(1, len(losses[-max(1, len(losses) // 5):])) if losses else float("nan")
+    checks = [
+        check("trained", result.steps > 0, f"{result.steps} optimizer steps", steps=result.steps),
+        check("loss_improved", bool(losses) and all(math.isfinite(x) for x in losses) and tail < head,
+              f"loss {head:.3f} → {tail:.3f}", first_loss=head, last_loss=tail),
+        check("adapter_integrity", integrity, integrity_msg, adapter_dir=adapter_dir),
+    ]
+    write_gates(d, checks)
+    registry = mlflow.registry()
+    with registry.start_run(f"pumpl-{context.partition_key}", "lora_adapter", _mlflow_tags(context)):
+        registry.log_params({**{f"recipe.{k}": v for k, v in cfg.model_dump().items()}, "backend": result.backend})
+        for step, loss in result.train_loss:
+            registry.log_metrics({"train_loss": loss}, step=step)
+        registry.log_metrics(
+            {"tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "wall_s": result.wall_s,
+             **({"val_loss": result.val_loss} if result.val_loss is not None else {})}
+        )
+        if (d / "loss.png").is_file():
+            registry.log_artifact(d / "loss.png")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata(
+                {
+                    "backend": result.backend,
+                    "steps": result.steps,
+                    "resumed_from_step": result.resumed_from_step if result.resumed_from_step is not None else -1,
+                    "tokens_per_s": result.tokens_per_s,
+                    "train_tokens": result.train_tokens,
+                    "peak_rss_mb": result.peak_rss_mb,
+                    "val_loss": result.val_loss if result.val_loss is not None else float("nan"),
+                    "wall_s": t["wall_s"],
+                    "recipe": cfg.model_dump(),
+                    "adapter_dir": adapter_dir,
+                }
+            ),
+            "loss_curve": _png_md(d / "loss.png"),
+        },
+        check_results=checks,
+        data_version=dg.DataVersion(sha256_tree(adapter_dir)[:16]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- eval_report
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["lora_adapter", "split", "raw"],
+    pool=GPU_POOL,
+    code_version=code_version("eval-1", _GATES, EvalConfig().model_dump()),
+    check_specs=[
+        gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
+        gate_spec("adherence_constrained", "eval_report", "Request adherence with request-aware constrained decoding"),
+        gate_spec("better_than_base", "eval_report", "The adapter beats the base model"),
+        gate_spec("not_worse_than_champion", "eval_report", "Champion/challenger: no regression beyond tolerance"),
+    ],
+    description="Base vs adapter on the test split, unconstrained and constrained: validity, adherence, loss.",
+)
+def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource) -> dg.MaterializeResult:
+    from pumpl_assets.core.evaluate import evaluate_models, write_eval_outputs
+    from pumpl_assets.core.prompts import resolve_style
+
+    spec = spec_for(context)
+    p = context.partition_key
+    base = _base(context)
+    test = pl.read_parquet(upstream_dir(p, "split") / "test.parquet")
+    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, "raw") / "exercises.parquet")
+    adapter_dir = upstream_dir(p, "lora_adapter") / "adapter"
+    with timed() as t:
+        report = evaluate_models(
+            base, adapter_dir, test, cat,
+            style=resolve_style(spec.prompt_style),
+            system_prompt=settings.system_prompt(),
+            batch_size=config.batch_size or spec.eval_batch_size,
+            max_new_tokens=config.max_new_tokens or spec.eval_max_new_tokens,
+            include_base=config.include_base,
+            limit=config.limit,
+        )
+        d = out_dir(context)
+        paths = write_eval_outputs(report, d)
+    s = report.summary
+    g = spec.gates
+    champion = mlflow.registry().get_champion(p)
+    sv = s.get("adapter.unconstrained.schema_valid", 0.0)
+    adh = s.get("adapter.constrained.adherence", 0.0)
+    base_sv = s.get("base.unconstrained.schema_valid")
+    base_adh = s.get("base.constrained.adherence")
+    better = (
+        True if base_sv is None
+        else (sv > base_sv or (sv == base_sv and adh > (base_adh or 0.0)))
+        and s.get("adapter.test_loss", math.inf) < s.get("base.test_loss", math.inf)
+    )
+    if champion is None:
+        champ_ok, champ_msg = True, "no champion yet: the first passing model becomes champion"
+    else:
+        c_sv = float(champion.metrics.get("adapter.unconstrained.schema_valid", 0.0))
+        c_adh = float(champion.metrics.get("adapter.constrained.adherence", 0.0))
+        champ_ok = sv >= c_sv - g.champion_tolerance and adh >= c_adh - g.champion_tolerance
+        champ_msg = f"challenger sv={sv:.3f} adh={adh:.3f} vs champion v{champion.version} sv={c_sv:.3f} adh={c_adh:.3f}"
+    checks = [
+        check("schema_valid", sv >= g.min_schema_valid, f"{sv:.1%} schema-valid; need ≥ {g.min_schema_valid:.0%}",
+              schema_valid=sv),
+        check("adherence_constrained", adh >= g.min_adherence_constrained,
+              f"{adh:.1%} adherent (constrained); need ≥ {g.min_adherence_constrained:.0%}; "
+              f"unconstrained {s.get('adapter.unconstrained.adherence', 0.0):.1%}",
+              adherence_constrained=adh, adherence_unconstrained=s.get("adapter.unconstrained.adherence", 0.0)),
+        check("better_than_base", better,
+              f"adapter sv={sv:.3f} loss={s.get('adapter.test_loss', math.nan):.3f} vs base "
+              f"sv={base_sv} loss={s.get('base.test_loss', math.nan):.3f}"),
+        check("not_worse_than_champion", champ_ok, champ_msg),
+    ]
+    write_gates(d, checks)
+    write_json_atomic(d / "summary_for_registry.json", s)
+    registry = mlflow.registry()
+    with registry.start_run(f"pumpl-{p}", "eval_report", _mlflow_tags(context)):
+        registry.log_metrics({k.replace("@", "_"): float(v) for k, v in s.items() if isinstance(v, int | float)})
+        for path in paths.values():
+            if Path(path).suffix in (".png", ".json"):
+                registry.log_artifact(Path(path))
+    plots = {f"plot_{Path(v).stem}": _png_md(Path(v)) for v in paths.values() if Path(v).suffix == ".png"}
+    return dg.MaterializeResult(
+        metadata={
+            **metadata({"summary": s, "n_test": int(test.height), "wall_s": t["wall_s"],
+                        **{f"path_{k}": v for k, v in paths.items()}}),
+            **{k: dg.MetadataValue.float(float(v)) for k, v in s.items() if isinstance(v, int | float)},
+            **plots,
+        },
+        check_results=checks,
+        data_version=dg.DataVersion(sha256_tree(d / "summary.json")[:16] if (d / "summary.json").exists() else "none"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- merged_model
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["lora_adapter", "eval_report", "split"],
+    code_version=code_version("merged-model-1", _GATES),
+    kinds={"huggingface"},
+    check_specs=[gate_spec("parity", "merged_model", "Merged model reproduces the adapter (tokens and logits)")],
+    description="Adapter merged into the full-precision base, saved as a Hugging Face folder.",
+)
+def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from pumpl_assets.core.merge import merge_adapter, parity_check
+
+    spec = spec_for(context)
+    p = context.partition_key
+    base = _base(context)
+    adapter_dir = upstream_dir(p, "lora_adapter") / "adapter"
+    d = out_dir(context)
+    with timed() as t:
+        merged_dir = merge_adapter(base, adapter_dir, d / "model")
+        prompts = _golden_prompts(p, spec)
+        parity = parity_check(
+            base, adapter_dir, merged_dir, prompts,
+            min_token_agreement=spec.gates.min_merge_token_agreement,
+            max_logit_diff=spec.gates.max_merge_logit_diff,
+        )
+    checks = [
+        check("parity", parity.ok,
+              f"token agreement {parity.token_agreement:.4f} (≥ {spec.gates.min_merge_token_agreement}); "
+              f"max |Δlogit| {parity.max_abs_logit_diff:.2e} (≤ {spec.gates.max_merge_logit_diff})",
+              token_agreement=parity.token_agreement, max_abs_logit_diff=parity.max_abs_logit_diff,
+              n_prompts=parity.n_prompts)
+    ]
+    write_gates(d, checks)
+    from pumpl_assets.core.quantize import model_size_bytes
+
+    return dg.MaterializeResult(
+        metadata=metadata({"path": merged_dir, "size_mb": model_size_bytes(merged_dir) / 1e6, "wall_s": t["wall_s"]}),
+        check_results=checks,
+        data_version=dg.DataVersion(sha256_tree(merged_dir)[:16]),
+    )
+
+
+def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyped-def]
+    """The first test-split prompts, rendered exactly as training and serving render them."""
+    test = pl.read_parquet(upstream_dir(partition, "split") / "test.parquet")
+    return [str(x) for x in test.sort("example_id")["prompt_text"].head(8)]
+
+
+# ---------------------------------------------------------------------------------------------- awq_model
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["merged_model", "split", "eval_report", "raw"],
+    pool=GPU_POOL,
+    code_version=code_version("awq-1", _GATES, QuantizeConfig().model_dump()),
+    kinds={"awq"},
+    check_specs=[
+        gate_spec("size_ratio", "awq_model", "AWQ artifact ≤ 0.45× the merged model"),
+        gate_spec("schema_valid_drop", "awq_model", "Schema-valid rate drops ≤ 2 points vs the merged model"),
+    ],
+    description="AWQ 4-bit (W4A16) model, calibrated on the train split; loads in transformers (CPU) and vLLM.",
+)
+def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.MaterializeResult:
+    from pumpl_assets.core.evaluate import evaluate_models
+    from pumpl_assets.core.prompts import resolve_style
+    from pumpl_assets.core.quantize import fit_group_size, select_quantizer
+
+    spec = spec_for(context)
+    p = context.partition_key
+    merged_dir = upstream_dir(p, "merged_model") / "model"
+    split_dir = upstream_dir(p, "split")
+    train = pl.read_parquet(split_dir / "train.parquet")
+    calib = [str(x) for x in train.sort("example_id")["full_text"].head(config.n_calibration)]
+    cfg = json.loads((merged_dir / "config.json").read_text())
+    group = fit_group_size(int(cfg["hidden_size"]), int(cfg["intermediate_size"]), preferred=spec.awq_group_size)
+    d = out_dir(context)
+    with timed() as t:
+        quantizer = select_quantizer(config.backend, spec.device)
+        q = quantizer.quantize(merged_dir, d / "model", calib, group_size=group, max_seq_len=spec.max_seq_len)
+    # Schema-valid rate of the AWQ model vs the merged model, same test rows, same decoding.
+    test = pl.read_parquet(split_dir / "test.parquet")
+    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, "raw") / "exercises.parquet")
+    kw = {
+        "style": resolve_style(spec.prompt_style),
+        "system_prompt": settings.system_prompt(),
+        "batch_size": spec.eval_batch_size,
+        "max_new_tokens": config.max_new_tokens or spec.eval_max_new_tokens,
+        "modes": ("unconstrained",),
+        "include_base": False,
+        "limit": config.eval_limit,
+    }
+    with timed() as te:
+        awq_eval = evaluate_models(q.out_dir, None, test, cat, **kw)
+    eval_summary = json.loads((upstream_dir(p, "eval_report") / "summary.json").read_text())
+    merged_sv = float(eval_summary.get("adapter.unconstrained.schema_valid", 0.0))
+    awq_sv = float(awq_eval.summary.get("base.unconstrained.schema_valid", 0.0))
+    drop = merged_sv - awq_sv
+    checks = [
+        check("size_ratio", q.size_ratio <= spec.gates.max_awq_size_ratio,
+              f"{q.size_bytes / 1e6:.1f} MB / {q.source_size_bytes / 1e6:.1f} MB = {q.size_ratio:.3f}",
+              size_ratio=q.size_ratio),
+        check("schema_valid_drop", drop <= spec.gates.max_awq_schema_drop,
+              f"merged {merged_sv:.1%} → awq {awq_sv:.1%} (drop {drop * 100:.1f} points)",
+              merged_schema_valid=merged_sv, awq_schema_valid=awq_sv),
+    ]
+    write_gates(d, checks)
+    write_json_atomic(d / "awq_eval.json", {"summary": awq_eval.summary, "merged_schema_valid": merged_sv})
+    return dg.MaterializeResult(
+        metadata=metadata(
+            {
+                "path": q.out_dir,
+                "backend": q.backend,
+                "group_size": q.group_size,
+                "size_mb": q.size_bytes / 1e6,
+                "merged_size_mb": q.source_size_bytes / 1e6,
+                "size_ratio": q.size_ratio,
+                "quantize_wall_s": q.wall_s,
+                "eval_wall_s": te["wall_s"],
+                "awq_tokens_per_s": float(awq_eval.summary.get("base.unconstrained.tokens_per_s", 0.0)),
+                "awq_schema_valid": awq_sv,
+                "wall_s": t["wall_s"],
+            }
+        ),
+        check_results=checks,
+        data_version=dg.DataVersion(sha256_tree(q.out_dir)[:16]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- registry_entry
+
+_GATED_ASSETS = ("split", "lora_adapter", "eval_report", "merged_model", "awq_model")
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["awq_model", "merged_model", "eval_report", "split"],
+    code_version=code_version("registry-1"),
+    kinds={"mlflow"},
+    description="A version of the partition's registered model in MLflow; `champion` moves when every gate passed.",
+)
+def registry_entry(
+    context: dg.AssetExecutionContext, config: RegistryConfig, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    p = context.partition_key
+    awq_dir = upstream_dir(p, "awq_model") / "model"
+    merged_dir = upstream_dir(p, "merged_model") / "model"
+    summary = json.loads((upstream_dir(p, "eval_report") / "summary.json").read_text())
+    gates = {f"{a}.{k}": v for a in _GATED_ASSETS for k, v in read_gates(p, a).items()}
+    all_passed = bool(gates) and all(gates.values())
+    registry = mlflow.registry()
+    tags = {
+        **_mlflow_tags(context),
+        "awq_path": str(awq_dir),
+        "merged_path": str(merged_dir),
+        "awq_sha256": sha256_tree(awq_dir)[:16],
+        "split_data_version": _latest_data_version(context, "split"),
+        "adapter_data_version": _latest_data_version(context, "lora_adapter"),
+        "gates_passed": str(all_passed).lower(),
+        **{f"metric.{k}": f"{v:.6g}" for k, v in summary.items() if isinstance(v, int | float)},
+    }
+    with registry.start_run(f"pumpl-{p}", "registry_entry", _mlflow_tags(context)) as run_id:
+        version = registry.register_version(p, awq_dir, run_id=run_id, tags=tags,
+                                            description=f"Dagster run {context.run_id}")
+    promoted = False
+    if config.promote and all_passed:
+        registry.set_champion(p, version)
+        promoted = True
+    champion = registry.get_champion(p)
+    return dg.MaterializeResult(
+        metadata=metadata(
+            {
+                "registered_model": f"pumpl-{p}",
+                "version": version,
+                "promoted_to_champion": promoted,
+                "champion_version": champion.version if champion else "none",
+                "gates": gates,
+                "tracking_uri": settings.mlflow_tracking_uri(),
+                "model_uri": f"models:/pumpl-{p}/{version}",
+            }
+        ),
+        data_version=dg.DataVersion(f"{p}-v{version}"),
+    )
+
+
+def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
+    try:
+        record = context.instance.get_latest_data_version_record(dg.AssetKey(asset), partition_key=context.partition_key)
+        if record is not None:
+            dv = record.asset_materialization.tags.get("dagster/data_version") if record.asset_materialization else None  # type: ignore[union-attr]
+            return str(dv or "unknown")
+    except Exception:  # noqa: BLE001 — provenance is best-effort metadata, never a reason to fail
+        pass
+    return "unknown"

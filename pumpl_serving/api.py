@@ -1,0 +1,578 @@
+"""LitServe APIs: ``POST /generate`` (dynamically batched) and ``POST /v1/chat/completions`` (OpenAI).
+
+Each API runs in its own LitServe inference worker process(es); every worker loads its
+own engine in ``setup`` (so ``/health`` turns 200 only once the model is loaded), watches
+the registry in a background thread when serving an alias, and publishes what it serves
+and its batching counters to ``<state_dir>/<api>-<worker>.json`` for ``/info``.
+
+Prompt formatting is :func:`pumpl_assets.core.prompts.render_prompt` with the partition's
+prompt style (``PUMPL_PROMPT_STYLE`` honoured) and system prompt (the request's
+``system_prompt``, else ``PUMPL_SYSTEM_PROMPT``, else the built-in one): the same code
+training uses.
+
+Constrained decoding is on by default when the prompt parses as a plan request
+(:func:`pumpl_assets.core.prompts.prompt_to_request`) or ``equipment``/``level`` are given;
+the JSON schema is :func:`pumpl_assets.core.grammar.request_plan_schema` (exercise names
+restricted to what the person's level, equipment and limitations allow).
+
+This module deliberately does not use ``from __future__ import annotations``: LitServe
+and FastAPI read the real classes from ``decode_request`` / ``chat_completion`` signatures.
+"""
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+from fastapi import BackgroundTasks, HTTPException
+from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
+from pydantic import ValidationError, field_validator
+from starlette.responses import JSONResponse
+
+from pumpl_assets.core import prompts, settings
+from pumpl_assets.core.schemas import InferenceRequest, RequestSpec, WorkoutPlanResponse
+from pumpl_serving.config import CHAT_PATH, GENERATE_PATH, ServeConfig
+from pumpl_serving.model_source import EngineSlot, Loaded, ModelRef, RegistryPoller, RegistrySource
+
+log = logging.getLogger("pumpl_serving")
+
+MAX_TOKENS_LIMIT = 2048
+MAX_CHAT_CHARS = 12_000
+
+
+class GenerateRequest(InferenceRequest):
+    """:class:`InferenceRequest` plus the one rule a JSON schema cannot say: a prompt is not blank."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must contain non-whitespace text")
+        return v
+
+
+# ------------------------------------------------------------------------------------------
+# Shared worker-side logic
+# ------------------------------------------------------------------------------------------
+
+
+def load_catalogue(partition: str, explicit: str | None = None) -> tuple[Any, str | None]:
+    """The exercise catalogue for request-aware grammars, and where it came from.
+
+    Order: ``explicit`` path (parquet or JSON) → the materialized raw asset's
+    ``exercises.parquet`` → the shipped ``exercises.json``. None when none exists (names then
+    stay unrestricted, which still yields schema-valid plans).
+    """
+    from pumpl_assets.core.exercises import ExerciseCatalogue
+
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit))
+    candidates.append(settings.artifacts_dir(partition, "raw") / "exercises.parquet")
+    candidates.append(settings.shipped_raw_dir() / "exercises.json")
+    for path in candidates:
+        if path.is_file():
+            cat = (
+                ExerciseCatalogue.from_parquet(path)
+                if path.suffix == ".parquet"
+                else ExerciseCatalogue.from_json_file(path)
+            )
+            return cat, str(path)
+    log.warning("no exercise catalogue found (%s); constrained plans use unrestricted names", candidates)
+    return None, None
+
+
+def plan_request(req: InferenceRequest) -> tuple[bool, RequestSpec | None]:
+    """(constrained?, the request the grammar is built for).
+
+    ``equipment``/``level`` in the body override what the prompt says; with neither in the
+    prompt nor the body the request is None (free-form prompt).
+    """
+    parsed = prompts.prompt_to_request(req.prompt)
+    spec = parsed
+    if req.equipment or req.level:
+        base: dict[str, Any] = (
+            parsed.model_dump()
+            if parsed is not None
+            else {
+                "goal": "general_fitness",
+                "minutes": 30,
+                "level": "beginner",
+                "days_per_week": 3,
+                "equipment": ["body only"],
+            }
+        )
+        if req.equipment:
+            base["equipment"] = list(req.equipment)
+        if req.level:
+            base["level"] = req.level
+        spec = RequestSpec.model_validate(base)
+    constrained = req.constrained if req.constrained is not None else spec is not None
+    return constrained, spec
+
+
+def model_max_positions(model_path: str | Path) -> int | None:
+    """Context length from the model's config.json (None when it does not say)."""
+    cfg = Path(model_path) / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        v = data.get(key) or (data.get("text_config") or {}).get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic small-file write (no fsync: this is ephemeral run state, rewritten per batch)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class ItemError(Exception):
+    """A per-request problem found in the worker (answered 4xx without failing the batch)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _ModelWorker:
+    """Engine, catalogue, hot swap and state publishing, shared by both LitAPIs."""
+
+    api_name = "api"
+    cfg: ServeConfig
+
+    def _setup_model(self, device: str) -> None:
+        from pumpl_assets.core.catalogue import CATALOGUE
+
+        if self.cfg.threads:
+            import torch
+
+            torch.set_num_threads(self.cfg.threads)
+        self.worker_id = os.environ.get("LITSERVE_WORKER_ID", "0")
+        self.engine_device = str(device) if str(device).startswith("cuda") else "cpu"
+        spec = CATALOGUE.get(self.cfg.partition)
+        self.prompt_style = prompts.resolve_style(spec.prompt_style if spec else "chat_template")
+        self.catalogue, self.catalogue_path = load_catalogue(self.cfg.partition, self.cfg.exercises_path)
+        self.source = self.cfg.source()
+        self.metrics: dict[str, Any] = {
+            "requests": 0,
+            "batches": 0,
+            "max_batch": 0,
+            "batch_sizes": {},
+            "item_errors": 0,
+            "completion_tokens": 0,
+            "constrained": 0,
+        }
+        self.last_error: str | None = None
+        ref = self.source.resolve()
+        t0 = time.perf_counter()
+        engine = self._load(ref)
+        self.slot = EngineSlot(Loaded(ref=ref, engine=engine, load_seconds=time.perf_counter() - t0))
+        self.poller: RegistryPoller | None = None
+        if isinstance(self.source, RegistrySource) and self.cfg.poll_interval > 0:
+            self.poller = RegistryPoller(
+                self.source,
+                self.slot,
+                self._load,
+                self.cfg.poll_interval,
+                on_change=lambda _new: self._publish(),
+                on_error=self._on_poll_error,
+            )
+            self.poller.start()
+        self._publish()
+        log.info(
+            "%s worker %s serving %s version %s (%s) from %s",
+            self.api_name,
+            self.worker_id,
+            ref.name,
+            ref.version,
+            self.cfg.engine,
+            ref.path,
+        )
+
+    def _load(self, ref: ModelRef) -> Any:
+        from pumpl_assets.core.generation import load_engine
+
+        return load_engine(self.cfg.engine, ref.path, device=self.engine_device)
+
+    def _on_poll_error(self, msg: str) -> None:
+        self.last_error = msg
+        self._publish()
+
+    def _state(self) -> dict[str, Any]:
+        cur = self.slot.current
+        eng = cur.engine
+        return {
+            "api": self.api_name,
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "model": cur.ref.describe(),
+            "model_path": str(cur.ref.path),
+            "engine": getattr(eng, "name", self.cfg.engine),
+            "quantization": getattr(eng, "quantization", None),
+            "device": self.engine_device,
+            "prompt_style": self.prompt_style,
+            "catalogue": self.catalogue_path,
+            "loaded_at": cur.loaded_at,
+            "load_seconds": round(cur.load_seconds, 3),
+            "swaps": self.slot.swaps,
+            "last_error": self.last_error,
+            "metrics": self.metrics,
+            "updated_at": time.time(),
+        }
+
+    def _publish(self) -> None:
+        if not self.cfg.state_dir:
+            return
+        try:
+            _write_json(Path(self.cfg.state_dir) / f"{self.api_name}-{self.worker_id}.json", self._state())
+        except OSError as exc:  # pragma: no cover - state is informational
+            log.warning("could not publish worker state: %s", exc)
+
+    def _count_batch(self, size: int) -> None:
+        m = self.metrics
+        m["batches"] += 1
+        m["requests"] += size
+        m["max_batch"] = max(m["max_batch"], size)
+        m["batch_sizes"][str(size)] = m["batch_sizes"].get(str(size), 0) + 1
+
+    def _render(self, engine: Any, user: str, system: str | None) -> str:
+        try:
+            return prompts.render_prompt(engine.tokenizer, user, system=system, style=self.prompt_style)
+        except ValueError as exc:
+            raise ItemError(400, str(exc)) from exc
+
+    def _schema_for(self, spec: RequestSpec | None) -> dict[str, Any]:
+        from pumpl_assets.core.grammar import NoSuitableExercisesError, request_plan_schema
+
+        try:
+            return request_plan_schema(spec, self.catalogue)
+        except NoSuitableExercisesError as exc:
+            raise ItemError(422, str(exc)) from exc
+
+    def _budget(self, engine: Any, prompt: str, max_tokens: int) -> tuple[int, int]:
+        """(prompt tokens, max new tokens clipped to the context); ItemError if the prompt alone is too long."""
+        n = len(engine.tokenizer(prompt, add_special_tokens=False).input_ids)
+        limit = model_max_positions(engine.model_path)
+        if limit is None:
+            return n, max_tokens
+        if n >= limit:
+            raise ItemError(
+                413,
+                f"prompt is {n} tokens after formatting; this model's context is {limit} tokens "
+                "(shorten the prompt or system prompt)",
+            )
+        return n, min(max_tokens, limit - n)
+
+    def teardown(self) -> None:
+        if getattr(self, "poller", None) is not None:
+            self.poller.stop()  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------
+# POST /generate
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    req: InferenceRequest
+    received: float
+    prompt: str = ""
+    params: Any = None
+    schema: dict[str, Any] | None = None
+    error: ItemError | None = None
+
+
+class GenerateAPI(_ModelWorker, ls.LitAPI):
+    """``POST /generate``: one InferenceRequest in, one InferenceResponse out, batched in the worker."""
+
+    api_name = "generate"
+
+    def __init__(self, cfg: ServeConfig):
+        super().__init__(
+            max_batch_size=cfg.max_batch_size,
+            batch_timeout=cfg.batch_timeout if cfg.max_batch_size > 1 else 0.0,
+            api_path=GENERATE_PATH,
+        )
+        self.cfg = cfg
+
+    def setup(self, device):
+        self._setup_model(device)
+
+    def decode_request(self, request: GenerateRequest):
+        return _Job(req=request, received=time.perf_counter())
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def predict(self, jobs):
+        from pumpl_assets.core.generation import GenerationParams
+
+        single = not isinstance(jobs, list)  # max_batch_size == 1 → LitServe's unbatched loop
+        jobs = [jobs] if single else jobs
+        self._count_batch(len(jobs))
+        with self.slot.lease() as loaded:
+            engine = loaded.engine
+            runnable: list[_Job] = []
+            for job in jobs:
+                r = job.req
+                try:
+                    constrained, spec = plan_request(r)
+                    job.prompt = self._render(engine, r.prompt, r.system_prompt)
+                    _, max_new = self._budget(engine, job.prompt, r.max_tokens)
+                    job.schema = self._schema_for(spec) if constrained else None
+                    job.params = GenerationParams(
+                        max_new_tokens=max_new,
+                        temperature=r.temperature,
+                        top_p=r.top_p,
+                        seed=r.seed,
+                        stop=r.stop,
+                    )
+                    runnable.append(job)
+                except ItemError as exc:
+                    job.error = exc
+                except ValidationError as exc:
+                    job.error = ItemError(422, f"equipment/level do not form a valid request: {exc}")
+            gens = (
+                engine.generate(
+                    [j.prompt for j in runnable], [j.params for j in runnable], [j.schema for j in runnable]
+                )
+                if runnable
+                else []
+            )
+            by_job = {id(j): g for j, g in zip(runnable, gens, strict=True)}
+            outputs: list[Any] = []
+            now = time.perf_counter()
+            for job in jobs:
+                if job.error is not None:
+                    self.metrics["item_errors"] += 1
+                    outputs.append(job.error)
+                    continue
+                g = by_job[id(job)]
+                self.metrics["completion_tokens"] += g.completion_tokens
+                self.metrics["constrained"] += int(job.schema is not None)
+                plan = None
+                try:
+                    plan = WorkoutPlanResponse.model_validate_json(g.text).model_dump(
+                        mode="json", exclude_none=True
+                    )
+                except ValidationError:
+                    plan = None
+                outputs.append(
+                    {
+                        "text": g.text,
+                        "plan": plan,
+                        "usage": {
+                            "prompt_tokens": g.prompt_tokens,
+                            "completion_tokens": g.completion_tokens,
+                            "total_tokens": g.prompt_tokens + g.completion_tokens,
+                        },
+                        "model": {
+                            "name": loaded.ref.name,
+                            "version": loaded.ref.version,
+                            "alias": loaded.ref.alias,
+                        },
+                        "latency_ms": round((now - job.received) * 1000.0, 2),
+                        "finish_reason": g.finish_reason,
+                        "constrained": job.schema is not None,
+                    }
+                )
+        self._publish()
+        return outputs[0] if single else outputs
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, output):
+        if isinstance(output, ItemError):
+            return JSONResponse(status_code=output.status, content={"detail": output.message})
+        finish = output.pop("finish_reason")
+        constrained = output.pop("constrained")
+        from pumpl_assets.core.schemas import InferenceResponse
+
+        resp = InferenceResponse.model_validate(output)  # the documented response shape, checked
+        body = resp.model_dump(mode="json")
+        body["plan"] = resp.plan.model_dump(mode="json", exclude_none=True) if resp.plan is not None else None
+        return JSONResponse(
+            content=body, headers={"X-Finish-Reason": finish, "X-Constrained": str(constrained).lower()}
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# POST /v1/chat/completions (OpenAI)
+# ------------------------------------------------------------------------------------------
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if getattr(part, "type", None) != "text":
+            raise HTTPException(
+                400, f"only text message content is supported, got {getattr(part, 'type', part)!r}"
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def _bad(msg: str, status: int = 400) -> HTTPException:
+    return HTTPException(status, msg)
+
+
+class PumplOpenAISpec(OpenAISpec):
+    """OpenAISpec that rejects what this server cannot honour with a 4xx before queueing it."""
+
+    async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks):
+        validate_chat_request(request)
+        return await super().chat_completion(request, background_tasks)
+
+
+def validate_chat_request(request: ChatCompletionRequest) -> None:
+    """Raise HTTPException(400/422) naming the first thing wrong with an OpenAI chat request."""
+    if request.n not in (None, 1):
+        raise _bad(f"n={request.n} is not supported; this server returns one choice (n=1)")
+    if request.tools:
+        raise _bad("tools / function calling are not supported by this server")
+    if not request.messages:
+        raise _bad("messages must contain at least one user message")
+    total = 0
+    users = 0
+    for i, m in enumerate(request.messages):
+        if m.role not in ("system", "user", "assistant"):
+            raise _bad(f"messages[{i}].role={m.role!r} is not supported; use system, user or assistant")
+        text = _text_of(m.content)
+        total += len(text)
+        if m.role == "user":
+            if not text.strip():
+                raise _bad(f"messages[{i}] (user) has empty content")
+            users += 1
+    if users == 0:
+        raise _bad("messages must contain at least one user message")
+    if total > MAX_CHAT_CHARS:
+        raise _bad(f"messages total {total} characters; at most {MAX_CHAT_CHARS} are accepted", 413)
+    t = request.temperature
+    if t is not None and not (0.0 <= t <= 2.0):
+        raise _bad(f"temperature must be between 0 and 2, got {t}", 422)
+    p = request.top_p
+    if p is not None and not (0.0 < p <= 1.0):
+        raise _bad(f"top_p must be in (0, 1], got {p}", 422)
+    for name in ("max_tokens", "max_completion_tokens"):
+        v = getattr(request, name)
+        if v is not None and not (1 <= v <= MAX_TOKENS_LIMIT):
+            raise _bad(f"{name} must be between 1 and {MAX_TOKENS_LIMIT}, got {v}", 422)
+    stop = request.stop
+    if isinstance(stop, list) and len(stop) > 4:
+        raise _bad("stop accepts at most 4 sequences", 422)
+    rf = request.response_format
+    if rf is not None and getattr(rf, "type", None) == "json_schema":
+        schema = rf.json_schema.schema_  # type: ignore[union-attr]
+        if not isinstance(schema, dict) or not schema:
+            raise _bad("response_format.json_schema.schema must be a non-empty JSON schema object", 422)
+
+
+class ChatAPI(_ModelWorker, ls.LitAPI):
+    """OpenAI-compatible chat completions (stream and non-stream) on the same model."""
+
+    api_name = "chat"
+
+    def __init__(self, cfg: ServeConfig):
+        super().__init__(spec=PumplOpenAISpec(), api_path=CHAT_PATH)
+        self.cfg = cfg
+
+    def setup(self, device):
+        self._setup_model(device)
+
+    def _chat_prompt(self, engine: Any, request: ChatCompletionRequest) -> tuple[str, str]:
+        """(rendered prompt, last user text). Single-turn uses render_prompt exactly like training."""
+        systems = [_text_of(m.content) for m in request.messages if m.role == "system"]
+        system = "\n\n".join(s for s in systems if s) or None
+        turns = [(m.role, _text_of(m.content)) for m in request.messages if m.role != "system"]
+        last_user = next(t for r, t in reversed(turns) if r == "user")
+        if len(turns) == 1:
+            return self._render(engine, last_user, system), last_user
+        system = settings.system_prompt() if system is None else system
+        if self.prompt_style == "mistral_inst":
+            text, first = "<s>", True
+            for role, content in turns:
+                if role == "user":
+                    body = f"{system}\n\n{content}" if first and system else content
+                    text += f"[INST] {body} [/INST]"
+                    first = False
+                else:
+                    text += f" {content}</s>"
+            return text, last_user
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": r, "content": c} for r, c in turns
+        ]
+        try:
+            rendered = engine.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:
+            raise ItemError(
+                400, f"cannot format this conversation with the model's chat template: {exc}"
+            ) from exc
+        return str(rendered), last_user
+
+    def predict(self, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+        from pumpl_assets.core.generation import GenerationParams
+
+        self._count_batch(1)
+        with self.slot.lease() as loaded:
+            engine = loaded.engine
+            try:
+                prompt, user = self._chat_prompt(engine, request)
+                max_tokens = request.max_completion_tokens or request.max_tokens or 320
+                n_prompt, max_new = self._budget(engine, prompt, max_tokens)
+                schema: dict[str, Any] | None = None
+                rf = request.response_format
+                rf_type = getattr(rf, "type", None)
+                if rf_type == "json_schema":
+                    schema = dict(rf.json_schema.schema_)  # type: ignore[union-attr,arg-type]
+                elif rf_type == "json_object" or rf_type is None:
+                    constrained, spec = plan_request(InferenceRequest(prompt=user))
+                    if rf_type == "json_object" or constrained:
+                        schema = self._schema_for(spec)
+            except ItemError as exc:
+                self.metrics["item_errors"] += 1
+                raise HTTPException(exc.status, exc.message) from exc
+            stop = request.stop
+            params = GenerationParams(
+                max_new_tokens=max_new,
+                temperature=0.0 if request.temperature is None else float(request.temperature),
+                top_p=1.0 if request.top_p is None else float(request.top_p),
+                stop=[stop] if isinstance(stop, str) else stop,
+            )
+            pieces: list[str] = []
+            try:
+                stream = engine.stream(prompt, params, schema)
+                for piece in stream:
+                    pieces.append(piece)
+                    yield {"role": "assistant", "content": piece}
+            except ValueError as exc:
+                raise HTTPException(422, f"cannot generate with this request: {exc}") from exc
+            text = "".join(pieces)
+            n_completion = len(engine.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+            self.metrics["completion_tokens"] += n_completion
+            self.metrics["constrained"] += int(schema is not None)
+            yield {
+                "role": "assistant",
+                "content": "",
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion,
+            }
+        self._publish()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run every test that needs no GPU, the slow SmolLM2 end-to-end ones included.
+# Faster inner loop: `.venv/bin/pytest` (pyproject's default: -m "not slow and not gpu").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/pytest -m "not gpu" "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: treating as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,212 @@
+"""The project's own shipped raw data: ingests cleanly and every shipped pair obeys the domain rules."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pumpl_assets.core import settings
+from pumpl_assets.core.exercises import ExerciseCatalogue, normalize_name
+from pumpl_assets.core.ingest import IngestResult, discover_raw_files, ingest_raw
+from pumpl_assets.core.schemas import (
+    DURATION_TOLERANCE,
+    EQUIPMENT,
+    LEVELS,
+    LIMITATIONS,
+    MAX_MAIN,
+    MINUTES_CHOICES,
+    RequestSpec,
+    TimedExercise,
+    WorkoutPlanResponse,
+    exercise_seconds,
+)
+
+SHIPPED = settings.shipped_raw_dir()
+REQUIRED_EQUIPMENT = (
+    "body only",
+    "dumbbell",
+    "kettlebells",
+    "bands",
+    "barbell",
+    "cable",
+    "machine",
+    "medicine ball",
+)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> IngestResult:
+    return ingest_raw(discover_raw_files([SHIPPED]))
+
+
+@pytest.fixture(scope="module")
+def catalogue(shipped: IngestResult) -> ExerciseCatalogue:
+    return ExerciseCatalogue.from_frame(shipped.exercises)
+
+
+@pytest.fixture(scope="module")
+def pairs(shipped: IngestResult) -> list[tuple[RequestSpec, WorkoutPlanResponse, str]]:
+    out = []
+    for row in shipped.pairs.iter_rows(named=True):
+        out.append(
+            (
+                RequestSpec.model_validate_json(row["request_json"]),
+                WorkoutPlanResponse.model_validate_json(row["plan_json"]),
+                row["row_ref"],
+            )
+        )
+    return out
+
+
+@pytest.mark.unit
+def test_shipped_files_ingest_with_nothing_quarantined(shipped: IngestResult) -> None:
+    names = sorted(Path(p).name for p in shipped.files["source_file"])
+    assert names == ["exercises.json", "exercises_extra.csv", "pairs.jsonl"]
+    assert shipped.quarantine.height == 0, shipped.quarantine.to_dicts()
+    by_name = {Path(r["source_file"]).name: r for r in shipped.files.iter_rows(named=True)}
+    assert by_name["exercises.json"]["format"] == "json"
+    assert by_name["exercises_extra.csv"]["format"] == "csv"
+    assert 80 <= by_name["exercises.json"]["accepted"] <= 120
+    assert 8 <= by_name["exercises_extra.csv"]["accepted"] <= 15
+    assert 10 <= by_name["pairs.jsonl"]["accepted"] <= 20
+    assert (
+        shipped.exercises.height
+        == by_name["exercises.json"]["accepted"] + by_name["exercises_extra.csv"]["accepted"]
+    )
+
+
+@pytest.mark.unit
+def test_shipped_exercise_json_is_free_exercise_db_format() -> None:
+    rows = json.loads((SHIPPED / "exercises.json").read_text(encoding="utf-8"))
+    for r in rows:
+        assert {"name", "level", "equipment", "category", "primaryMuscles", "instructions"} <= set(r), r
+        assert r["instructions"] and all(isinstance(s, str) and s for s in r["instructions"])
+        assert 2 <= len(r["name"]) <= 80  # must fit WorkoutPlanResponse's exercise name
+
+
+@pytest.mark.unit
+def test_catalogue_covers_levels_equipment_and_categories(shipped: IngestResult) -> None:
+    df = shipped.exercises
+    assert set(df["level"]) == set(LEVELS)
+    assert set(REQUIRED_EQUIPMENT) <= set(df["equipment"])
+    assert set(df["equipment"]) <= set(EQUIPMENT)
+    for eq in REQUIRED_EQUIPMENT:
+        assert df.filter(pl.col("equipment") == eq).height >= 3, eq
+    cats = df["category"].value_counts()
+    counts = dict(zip(cats["category"], cats["count"], strict=True))
+    assert counts["stretching"] >= 10 and counts["cardio"] >= 5 and counts["strength"] >= 50
+
+
+@pytest.mark.unit
+def test_every_request_kind_can_be_planned(catalogue: ExerciseCatalogue) -> None:
+    """Even the hardest request (beginner, body only, every limitation) has enough suitable exercises."""
+    for level, n_lim in itertools.product(LEVELS, range(len(LIMITATIONS) + 1)):
+        for lims in itertools.combinations(LIMITATIONS, n_lim):
+            fits = catalogue.suitable(level, ["body only"], lims)
+            warm = [e for e in fits if e.category in ("cardio", "stretching")]
+            cool = [e for e in fits if e.category == "stretching"]
+            main = [e for e in fits if e.category in ("strength", "plyometrics", "powerlifting")]
+            assert len(warm) >= 3, (level, lims)
+            assert len(cool) >= 3, (level, lims)
+            assert len(main) >= MAX_MAIN, (level, lims, [e.name for e in main])
+
+
+def domain_problems(req: RequestSpec, plan: WorkoutPlanResponse, cat: ExerciseCatalogue) -> list[str]:
+    problems = []
+    if req.minutes not in MINUTES_CHOICES:
+        problems.append(f"minutes {req.minutes} not in {MINUTES_CHOICES}")
+    got = plan.computed_minutes()
+    if abs(got - req.minutes) > DURATION_TOLERANCE * req.minutes:
+        problems.append(f"computed {got:.1f} min vs requested {req.minutes}")
+    if plan.total_minutes != req.minutes:
+        problems.append(f"declared {plan.total_minutes} min vs requested {req.minutes}")
+    if plan.days_per_week != req.days_per_week:
+        problems.append("days_per_week differs from the request")
+    for block, exs in plan.session.blocks().items():
+        names = [normalize_name(e.name) for e in exs]
+        if len(set(names)) != len(names):
+            problems.append(f"duplicate exercise in {block}")
+        for e in exs:
+            ce = cat.get(e.name)
+            if ce is None:
+                problems.append(f"unknown exercise {e.name!r}")
+                continue
+            if ce.name != e.name:
+                problems.append(f"{e.name!r} is not the exact catalogue spelling {ce.name!r}")
+            if not ce.suits(req.level, req.equipment, req.limitations):
+                problems.append(f"{e.name!r} does not suit the request")
+            if not 1 <= e.sets <= 6 or not 0 <= e.rest_s <= 180:
+                problems.append(f"{e.name!r}: sets/rest out of the sane range")
+            if isinstance(e, TimedExercise):
+                if not 15 <= e.work_s <= 600:
+                    problems.append(f"{e.name!r}: work_s {e.work_s} out of range")
+            elif not 3 <= e.reps <= 25:
+                problems.append(f"{e.name!r}: reps {e.reps} out of range")
+            if block != "main" and e.rest_s > 60:
+                problems.append(f"{e.name!r}: long rest in {block}")
+            if exercise_seconds(e) <= 0:
+                problems.append(f"{e.name!r}: no duration")
+    return problems
+
+
+@pytest.mark.unit
+def test_every_shipped_pair_obeys_the_domain_rules(
+    pairs: list[tuple[RequestSpec, WorkoutPlanResponse, str]], catalogue: ExerciseCatalogue
+) -> None:
+    assert len(pairs) >= 10
+    failures = {ref: p for req, plan, ref in pairs if (p := domain_problems(req, plan, catalogue))}
+    assert failures == {}
+
+
+@pytest.mark.unit
+def test_domain_rule_check_catches_a_bad_plan(
+    pairs: list[tuple[RequestSpec, WorkoutPlanResponse, str]], catalogue: ExerciseCatalogue
+) -> None:
+    """The check above can fail: a stretched, mis-equipped copy of a shipped plan is rejected."""
+    req, plan, _ = pairs[0]
+    bad = plan.model_copy(deep=True)
+    bad.session.main[0].sets = 8
+    bad.session.main.append(bad.session.main[0].model_copy(update={"name": "Barbell Back Squat"}))
+    bad.session.main.append(bad.session.main[0].model_copy(update={"name": "Moon Walk"}))
+    problems = " | ".join(domain_problems(req, bad, catalogue))
+    assert "computed" in problems
+    assert "'Barbell Back Squat' does not suit" in problems
+    assert "unknown exercise 'Moon Walk'" in problems
+
+
+@pytest.mark.unit
+def test_shipped_pairs_are_varied(pairs: list[tuple[RequestSpec, WorkoutPlanResponse, str]]) -> None:
+    reqs = [r for r, _, _ in pairs]
+    assert len({r.key() for r in reqs}) == len(reqs)
+    assert len({r.goal for r in reqs}) == 6
+    assert {r.minutes for r in reqs} == set(MINUTES_CHOICES)
+    assert {r.level for r in reqs} == set(LEVELS)
+    assert any(r.limitations for r in reqs)
+    assert set(REQUIRED_EQUIPMENT) <= {e for r in reqs for e in r.equipment}
+
+
+@pytest.mark.unit
+def test_shipped_plans_are_compact(shipped: IngestResult) -> None:
+    for text in shipped.pairs["plan_json"]:
+        plan = json.loads(text)
+        for block in plan["session"].values():
+            for e in block:
+                assert not {"equipment", "muscles", "notes"} & set(e), e
+
+
+@pytest.mark.unit
+def test_shipped_pairs_pass_the_validate_module(
+    pairs: list[tuple[RequestSpec, WorkoutPlanResponse, str]],
+    catalogue: ExerciseCatalogue,
+    shipped: IngestResult,
+) -> None:
+    validate = pytest.importorskip("pumpl_assets.core.validate")
+    plan_texts = dict(zip(shipped.pairs["row_ref"], shipped.pairs["plan_json"], strict=True))
+    for req, _, ref in pairs:
+        outcome = validate.validate_example(req, plan_texts[ref], catalogue)
+        assert outcome.ok, (ref, outcome.stage, outcome.reasons)
+        assert outcome.stage == "ok"

@@ -135,8 +135,12 @@ class FakeMessagesAPI:
             return
         action = self._next_action()
         if action == "rate_limit":
-            self._send(h, 429, _error("rate_limit_error", "Number of requests has exceeded your rate limit"),
-                       {"retry-after": str(self.retry_after_s)})
+            self._send(
+                h,
+                429,
+                _error("rate_limit_error", "Number of requests has exceeded your rate limit"),
+                {"retry-after": str(self.retry_after_s)},
+            )
         elif action == "overloaded":
             self._send(h, 529, _error("overloaded_error", "Overloaded"))
         elif action == "server_error":
@@ -173,7 +177,14 @@ class FakeMessagesAPI:
             stop = "end_turn"
         elif tool_mode:
             tool_input: Any = "{not valid json" if action == "invalid_json" else answer
-            content = [{"type": "tool_use", "id": f"toolu_{n:06d}", "name": body["tools"][0]["name"], "input": tool_input}]
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{n:06d}",
+                    "name": body["tools"][0]["name"],
+                    "input": tool_input,
+                }
+            ]
             stop = "tool_use"
         else:
             text = "{not valid json" if action == "invalid_json" else json.dumps(answer)
@@ -187,11 +198,19 @@ class FakeMessagesAPI:
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": 100 + len(json.dumps(messages)) // 4, "output_tokens": len(json.dumps(content)) // 4},
+            "usage": {
+                "input_tokens": 100 + len(json.dumps(messages)) // 4,
+                "output_tokens": len(json.dumps(content)) // 4,
+            },
         }
 
-    def _send(self, h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any],
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = json.dumps(payload).encode()
         with self._lock:
             self.statuses.append(status)

@@ -266,6 +266,9 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from pumpl_assets.core.training.base import patch_peft_torchao
+
+    patch_peft_torchao()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.fake_messages_api import FakeMessagesAPI
 
 from pumpl_assets.core import settings
 from pumpl_assets.core.distill import sample_requests
@@ -34,6 +33,7 @@ from pumpl_assets.core.teachers.base import REDACTED, estimate_cost_usd
 from pumpl_assets.core.teachers.cache import TeacherCache
 from pumpl_assets.core.teachers.claude import TOOL_NAME, ClaudeTeacher
 from pumpl_assets.core.validate import validate_example
+from tests.fake_messages_api import FakeMessagesAPI
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_EXERCISES = settings.shipped_raw_dir() / "exercises.json"
@@ -112,12 +112,24 @@ def test_offline_plans_are_valid_within_5pct_and_suitable(path: Path) -> None:
 @pytest.mark.unit
 def test_offline_goal_rules(catalogue: ExerciseCatalogue) -> None:
     def main_of(goal: str) -> list:
-        req = RequestSpec(goal=goal, minutes=45, level="expert", equipment=EQUIPMENT_SETS[-1], days_per_week=3)  # type: ignore[arg-type]
+        req = RequestSpec.model_validate(
+            {
+                "goal": goal,
+                "minutes": 45,
+                "level": "expert",
+                "equipment": EQUIPMENT_SETS[-1],
+                "days_per_week": 3,
+            }
+        )
         return plan_for_request(req, catalogue).session.main
 
-    assert all(isinstance(e, RepsExercise) and 4 <= e.reps <= 6 and e.rest_s >= 120 for e in main_of("strength"))
+    assert all(
+        isinstance(e, RepsExercise) and 4 <= e.reps <= 6 and e.rest_s >= 120 for e in main_of("strength")
+    )
     assert all(isinstance(e, RepsExercise) and 8 <= e.reps <= 12 for e in main_of("hypertrophy"))
-    assert all(isinstance(e, RepsExercise) and 15 <= e.reps <= 20 and e.rest_s <= 60 for e in main_of("endurance"))
+    assert all(
+        isinstance(e, RepsExercise) and 15 <= e.reps <= 20 and e.rest_s <= 60 for e in main_of("endurance")
+    )
     assert all(not isinstance(e, RepsExercise) for e in main_of("fat_loss"))
     mob = main_of("mobility")
     assert all(not isinstance(e, RepsExercise) for e in mob)
@@ -125,9 +137,19 @@ def test_offline_goal_rules(catalogue: ExerciseCatalogue) -> None:
 
 
 @pytest.mark.unit
-def test_offline_is_deterministic_with_fixed_structure_and_varied_exercises(catalogue: ExerciseCatalogue) -> None:
+def test_offline_is_deterministic_with_fixed_structure_and_varied_exercises(
+    catalogue: ExerciseCatalogue,
+) -> None:
     reqs = [
-        RequestSpec(goal="hypertrophy", minutes=30, level="expert", equipment=EQUIPMENT_SETS[-1], days_per_week=d)  # type: ignore[arg-type]
+        RequestSpec.model_validate(
+            {
+                "goal": "hypertrophy",
+                "minutes": 30,
+                "level": "expert",
+                "equipment": EQUIPMENT_SETS[-1],
+                "days_per_week": d,
+            }
+        )
         for d in range(1, 8)
     ]
     a = [r.plan_text for r in OfflineTeacher().generate(reqs, catalogue)]
@@ -156,7 +178,15 @@ def test_plan_scheme_fits_every_length() -> None:
 @pytest.mark.unit
 def test_offline_error_result_when_a_block_has_no_exercise() -> None:
     only_strength = ExerciseCatalogue.from_records(
-        [{"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength", "primaryMuscles": ["chest"]}]
+        [
+            {
+                "name": "Push-Up",
+                "level": "beginner",
+                "equipment": "body only",
+                "category": "strength",
+                "primaryMuscles": ["chest"],
+            }
+        ]
     )
     req = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["body only"], days_per_week=3)
     (res,) = OfflineTeacher().generate([req], only_strength)
@@ -226,7 +256,9 @@ def _prompt_counts(api: FakeMessagesAPI) -> collections.Counter:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("structured", ["tool", "json_schema"])
-def test_claude_happy_path(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue, structured: str) -> None:
+def test_claude_happy_path(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue, structured: str
+) -> None:
     reqs = sample_requests(6, seed=5)
     teacher = _teacher(api, tmp_path, structured=structured, max_concurrency=3)
     results = teacher.generate(reqs, catalogue)
@@ -253,7 +285,9 @@ def test_claude_happy_path(api: FakeMessagesAPI, tmp_path: Path, catalogue: Exer
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["rate_limit", "overloaded", "server_error", "delay"])
-def test_claude_retries_transient_errors(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue, kind: str) -> None:
+def test_claude_retries_transient_errors(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue, kind: str
+) -> None:
     api.script(kind, kind)
     t0 = time.monotonic()
     (res,) = _teacher(api, tmp_path).generate(sample_requests(1, seed=1), catalogue)
@@ -266,7 +300,9 @@ def test_claude_retries_transient_errors(api: FakeMessagesAPI, tmp_path: Path, c
 
 
 @pytest.mark.integration
-def test_claude_gives_up_after_bounded_retries(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+def test_claude_gives_up_after_bounded_retries(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
+) -> None:
     api.script(*["overloaded"] * 10)
     (res,) = _teacher(api, tmp_path, max_retries=2).generate(sample_requests(1, seed=1), catalogue)
     assert res.plan_text is None and res.error is not None
@@ -292,7 +328,9 @@ def test_claude_malformed_reply_retried_once_then_quarantined(
 
 
 @pytest.mark.integration
-def test_claude_domain_failure_gets_feedback_turn(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+def test_claude_domain_failure_gets_feedback_turn(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
+) -> None:
     api.script("domain_invalid")
     (res,) = _teacher(api, tmp_path).generate(sample_requests(1, seed=4), catalogue)
     assert res.plan_text is not None and validate_example(res.request, res.plan_text, catalogue).ok
@@ -300,13 +338,17 @@ def test_claude_domain_failure_gets_feedback_turn(api: FakeMessagesAPI, tmp_path
     assert [m["role"] for m in follow] == ["user", "assistant", "user"]
     assert follow[2]["content"][0]["type"] == "tool_result" and follow[2]["content"][0]["is_error"] is True
     assert "duration" in json.dumps(follow[2]).lower() or "min" in follow[2]["content"][0]["content"]
-    api.script("domain_invalid", "domain_invalid")  # still wrong after feedback: returned, quarantined downstream
+    api.script(
+        "domain_invalid", "domain_invalid"
+    )  # still wrong after feedback: returned, quarantined downstream
     (res2,) = _teacher(api, tmp_path).generate(sample_requests(2, seed=4)[1:], catalogue)
     assert res2.plan_text is not None and not validate_example(res2.request, res2.plan_text, catalogue).ok
 
 
 @pytest.mark.integration
-def test_claude_auth_error_stops_the_run(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+def test_claude_auth_error_stops_the_run(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
+) -> None:
     api.script("auth")
     results = _teacher(api, tmp_path).generate(sample_requests(4, seed=1), catalogue)
     assert all(r.plan_text is None for r in results)
@@ -315,7 +357,9 @@ def test_claude_auth_error_stops_the_run(api: FakeMessagesAPI, tmp_path: Path, c
 
 
 @pytest.mark.integration
-def test_claude_bad_request_not_retried(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+def test_claude_bad_request_not_retried(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
+) -> None:
     api.script("bad_request")
     (res,) = _teacher(api, tmp_path).generate(sample_requests(1, seed=1), catalogue)
     assert res.plan_text is None and "HTTP 400" in (res.error or "")
@@ -323,7 +367,9 @@ def test_claude_bad_request_not_retried(api: FakeMessagesAPI, tmp_path: Path, ca
 
 
 @pytest.mark.integration
-def test_claude_cache_prevents_repaying(api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+def test_claude_cache_prevents_repaying(
+    api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
+) -> None:
     reqs = sample_requests(5, seed=8)
     first = _teacher(api, tmp_path, max_concurrency=4).generate(reqs, catalogue)
     assert api.count == 5
@@ -345,11 +391,10 @@ _KILL_SCRIPT = textwrap.dedent(
     from pumpl_assets.core.exercises import ExerciseCatalogue
     from pumpl_assets.core.teachers.claude import ClaudeTeacher
     url, cache, cat = sys.argv[1:4]
-    t = ClaudeTeacher(api_key="%s", base_url=url, cache_path=cache, max_concurrency=1, timeout_s=60)
+    t = ClaudeTeacher(base_url=url, cache_path=cache, max_concurrency=1, timeout_s=60)
     t.generate(sample_requests(8, seed=21), ExerciseCatalogue.from_json_file(cat))
     print("FINISHED")
     """
-    % KEY
 )
 
 
@@ -357,23 +402,30 @@ _KILL_SCRIPT = textwrap.dedent(
 def test_claude_run_killed_midway_resumes_without_paying_twice(
     api: FakeMessagesAPI, tmp_path: Path, catalogue: ExerciseCatalogue
 ) -> None:
-    cat_path = OWN_EXERCISES if OWN_EXERCISES.is_file() else SHARED_EXERCISES
+    # a private snapshot: both runs must see the same catalogue (the schema is part of the cache key)
+    cat_path = tmp_path / "exercises.json"
+    cat_path.write_bytes((OWN_EXERCISES if OWN_EXERCISES.is_file() else SHARED_EXERCISES).read_bytes())
+    snapshot = ExerciseCatalogue.from_json_file(cat_path)
+    api.catalogue = snapshot
     api.delay_s = 30.0
     k = 4
     api.script(*["ok"] * (k - 1), "delay")  # the k-th call hangs; we SIGKILL the run then
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT)
     cache = tmp_path / "cache.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ANTHROPIC_API_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, str(script), api.url, str(cache), str(cat_path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60
         while api.count < k and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        assert api.count == k, proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+        assert api.count == k, proc.communicate()[1].decode() if proc.poll() is not None else "timeout"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -384,13 +436,8 @@ def test_claude_run_killed_midway_resumes_without_paying_twice(
     assert len(TeacherCache(cache)) == k - 1  # every answer received before the kill was saved
 
     api.delay_s = 0.0
-    import sqlite3
-    print("DBG", sqlite3.connect(str(cache)).execute("select key from answers").fetchall())
     teacher = _teacher(api, tmp_path, cache_path=cache)
-    from pumpl_assets.core.teachers.cache import cache_key
-    r = sample_requests(1, 21)[0]
-    print("DBG2", cache_key(teacher.model, teacher.system_prompt, teacher.build_prompt(r), teacher.build_schema(r, catalogue)))
-    results = teacher.generate(sample_requests(8, seed=21), catalogue)
+    results = teacher.generate(sample_requests(8, seed=21), snapshot)
     assert all(r.plan_text is not None for r in results)
     assert [r.cache_hit for r in results] == [True] * (k - 1) + [False] * (8 - k + 1)
     assert api.count == k + (8 - k + 1)

@@ -145,7 +145,9 @@ def distill(requests: list[RequestSpec], teacher: Teacher, catalogue: ExerciseCa
     for i, req in enumerate(requests):
         res = results[i] if i < len(results) else None
         if res is None:
-            quarantine.append({"request_json": req.key(), "reason": "teacher returned no result for this request"})
+            quarantine.append(
+                {"request_json": req.key(), "reason": "teacher returned no result for this request"}
+            )
             continue
         if res.cache_hit:
             hits += 1

@@ -495,6 +495,10 @@ def _load_hf(
     if adapter_path is not None:
         from peft import PeftModel
 
+        from pumpl_assets.core.training.base import patch_peft_torchao
+
+        patch_peft_torchao()  # peft 0.21 refuses to build LoRA layers next to torchao 0.15
+
         if not (Path(adapter_path) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter_path} is not a PEFT adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)

@@ -320,8 +320,8 @@ def plan_json_schema(
     constrained decoding produce.
     """
     schema = WorkoutPlanResponse.model_json_schema()
-    schema = _inline_refs(schema) if inline else schema
     schema = _anyof_to_oneof(schema)
+    schema = _inline_refs(schema) if inline else schema
 
     def patch(node: Any) -> None:
         if isinstance(node, dict):

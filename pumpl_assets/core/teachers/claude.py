@@ -140,7 +140,9 @@ class ClaudeTeacher:
     ) -> None:
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
-            raise ValueError("the Claude teacher needs ANTHROPIC_API_KEY (or api_key=); use teacher 'offline' without one")
+            raise ValueError(
+                "the Claude teacher needs ANTHROPIC_API_KEY (or api_key=); use teacher 'offline' without one"
+            )
         if structured not in ("tool", "json_schema"):
             raise ValueError(f"structured must be 'tool' or 'json_schema', got {structured!r}")
         if max_concurrency < 1:
@@ -175,7 +177,9 @@ class ClaudeTeacher:
         return f"{request_to_prompt(request)}\nTarget duration: {seconds} s (allowed {lo}-{hi} s)."
 
     def build_schema(self, request: RequestSpec, catalogue: ExerciseCatalogue) -> dict[str, Any] | None:
-        names = sorted({e.name for e in catalogue.suitable(request.level, request.equipment, request.limitations)})
+        names = sorted(
+            {e.name for e in catalogue.suitable(request.level, request.equipment, request.limitations)}
+        )
         if not names:
             return None
         return anthropic.transform_schema(plan_json_schema(exercise_names=names, include_optional=False))
@@ -243,7 +247,9 @@ class ClaudeTeacher:
                     raise _Fail(f"{reason} (gave up after {attempt + 1} attempts)") from None
                 delay = self._delay(attempt, None)
             self.stats.add(retries=1)
-            log.warning("Claude call failed (%s); retry %d/%d in %.2fs", reason, attempt + 1, self.max_retries, delay)
+            log.warning(
+                "Claude call failed (%s); retry %d/%d in %.2fs", reason, attempt + 1, self.max_retries, delay
+            )
             time.sleep(delay)
         raise _Fail("unreachable")  # pragma: no cover
 
@@ -252,11 +258,16 @@ class ClaudeTeacher:
     def _extract(self, response: Any) -> tuple[str, dict[str, Any]]:
         """(answer JSON text, assistant turn for a follow-up); raises _Fail for malformed replies."""
         content = list(getattr(response, "content", None) or [])
-        assistant = {"role": "assistant", "content": [b.model_dump(exclude_none=True, warnings=False) for b in content]}
+        assistant = {
+            "role": "assistant",
+            "content": [b.model_dump(exclude_none=True, warnings=False) for b in content],
+        }
         if self.structured == "tool":
             block = next((b for b in content if getattr(b, "type", None) == "tool_use"), None)
             if block is None:
-                raise _Fail(f"malformed reply: no tool_use block (stop_reason={getattr(response, 'stop_reason', None)})")
+                raise _Fail(
+                    f"malformed reply: no tool_use block (stop_reason={getattr(response, 'stop_reason', None)})"
+                )
             data = block.input
             if isinstance(data, str):
                 return data, assistant
@@ -273,14 +284,18 @@ class ClaudeTeacher:
             if tool_id:
                 return {
                     "role": "user",
-                    "content": [{"type": "tool_result", "tool_use_id": tool_id, "is_error": True, "content": msg}],
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": tool_id, "is_error": True, "content": msg}
+                    ],
                 }
         return {"role": "user", "content": msg}
 
     def _solve(self, request: RequestSpec, catalogue: ExerciseCatalogue) -> TeacherResult:
         schema = self.build_schema(request, catalogue)
         if schema is None:
-            return TeacherResult(request, None, "no catalogue exercise suits this request's level/equipment/limitations")
+            return TeacherResult(
+                request, None, "no catalogue exercise suits this request's level/equipment/limitations"
+            )
         prompt = self.build_prompt(request)
         key = cache_key(self.model, self.system_prompt, prompt, schema)
         if self.cache is not None:
@@ -297,7 +312,10 @@ class ClaudeTeacher:
             except _Fail as e:
                 return TeacherResult(request, None, str(e), False, *tokens)
             usage = getattr(response, "usage", None)
-            got_in, got_out = int(getattr(usage, "input_tokens", 0) or 0), int(getattr(usage, "output_tokens", 0) or 0)
+            got_in, got_out = (
+                int(getattr(usage, "input_tokens", 0) or 0),
+                int(getattr(usage, "output_tokens", 0) or 0),
+            )
             tokens[0] += got_in
             tokens[1] += got_out
             self.stats.add(input_tokens=got_in, output_tokens=got_out)

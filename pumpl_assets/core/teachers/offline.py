@@ -180,7 +180,7 @@ def plan_scheme(
                 rest = target - n_main * main.seconds() - (n_w + n_c) * TRANSITION_SECONDS
                 if rest <= 0:
                     continue
-                work = int(round(rest / ((n_w + n_c) * wc_sets) / 5.0)) * 5
+                work = round(rest / ((n_w + n_c) * wc_sets) / 5.0) * 5
                 if not WC_WORK_BOUNDS[0] <= work <= WC_WORK_BOUNDS[1]:
                     continue
                 scheme = PlanScheme(n_w, wc_sets, work, main, n_main, n_c, wc_sets, work)
@@ -355,7 +355,7 @@ def plan_for_request(request: RequestSpec, catalogue: ExerciseCatalogue) -> Work
         min(MAX_MAIN, len({e.name for e in main_pool})),
         min(MAX_COOLDOWN, len({e.name for e in cool_pool})),
     )
-    prefer_eq = {e for e in request.equipment if e != "body only"}
+    prefer_eq: set[str] = {e for e in request.equipment if e != "body only"}
     main_ex = _pick_distinct(
         main_pool,
         scheme.n_main,

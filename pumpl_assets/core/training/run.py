@@ -1,0 +1,154 @@
+"""Train in a fresh process: ``python -m pumpl_assets.core.training.run --job job.json``.
+
+Why a subprocess: unsloth must be imported before transformers/peft/trl, which a long-lived
+process (the Dagster code server, a test session) has usually imported already; and a fresh
+process returns all training memory to the OS when it exits.
+
+The job file is JSON::
+
+    {
+      "base_model": "models/smollm2-135m",        # HF folder or hub id
+      "cfg": {...TrainingConfig...},
+      "train_path": "train.jsonl", "val_path": "val.jsonl",   # TrainingExample rows (.jsonl/.json/.parquet)
+      "out_dir": "artifacts/.../lora",
+      "style": "chat_template", "system_prompt": null, "device": "auto"
+    }
+
+``train`` / ``val`` may be given inline (lists of TrainingExample dicts) instead of paths.
+The child writes ``out_dir/result.json`` (a :class:`TrainResult`) atomically and exits 0;
+on failure it exits non-zero with the error on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+
+
+class TrainingSubprocessError(RuntimeError):
+    """The training child failed; the message carries its exit code and the tail of its log."""
+
+
+def load_examples(path: Path | str) -> list[Any]:
+    """TrainingExample rows from .jsonl, .json (a list) or .parquet; a bad row raises naming its line."""
+    from pumpl_assets.core.schemas import TrainingExample
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import polars as pl
+
+        rows: list[Any] = pl.read_parquet(path).to_dicts()
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text())
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(TrainingExample.model_validate(row))
+        except ValueError as e:
+            raise ValueError(f"{path}: row {i + 1} is not a TrainingExample: {e}") from e
+    return out
+
+
+def _examples(job: dict[str, Any], key: str) -> list[Any]:
+    from pumpl_assets.core.schemas import TrainingExample
+
+    if key in job and job[key] is not None:
+        return [TrainingExample.model_validate(r) for r in job[key]]
+    path = job.get(f"{key}_path")
+    return load_examples(path) if path else []
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Execute a job in THIS process (importing unsloth first when it is the backend). Returns result JSON."""
+    from pumpl_assets.core.schemas import TrainingConfig
+    from pumpl_assets.core.training import base
+
+    cfg = TrainingConfig.model_validate(job.get("cfg", {}))
+    backend_name, device = base.resolve_backend_name(cfg.backend, job.get("device", "auto"), cfg)
+    if backend_name == "unsloth":
+        import unsloth  # noqa: F401  (must precede transformers / peft / trl)
+    train = _examples(job, "train")
+    val = _examples(job, "val")
+    out_dir = Path(job["out_dir"])
+    backend = base.select_backend(
+        backend_name, device, cfg=cfg, style=job.get("style", "chat_template"), system_prompt=job.get("system_prompt")
+    )
+    try:
+        backend.setup(job["base_model"], cfg, out_dir)
+        result = backend.train(train, val)
+    finally:
+        backend.cleanup()
+    from pumpl_assets.core.io import write_json_atomic
+
+    payload = result.to_json()
+    write_json_atomic(out_dir / RESULT_FILE, payload)
+    return payload
+
+
+def run_training_subprocess(job: dict[str, Any], log_path: Path | None = None, *, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
+    """Run ``job`` in a fresh ``python -m pumpl_assets.core.training.run`` and return its TrainResult.
+
+    The job JSON is written next to the output (``out_dir/job.json``); the child's stdout and
+    stderr go to ``log_path`` (default ``out_dir/train.log``). Raises
+    :class:`TrainingSubprocessError` with the log tail when the child fails or times out.
+    """
+    from pumpl_assets.core.io import write_json_atomic
+    from pumpl_assets.core.training.base import TrainResult
+
+    out_dir = Path(job["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job_path = write_json_atomic(out_dir / "job.json", job)
+    log_path = Path(log_path) if log_path else out_dir / "train.log"
+    result_path = out_dir / RESULT_FILE
+    result_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    cmd = [sys.executable, "-m", "pumpl_assets.core.training.run", "--job", str(job_path)]
+    with open(log_path, "ab") as log_fh:
+        try:
+            proc = subprocess.run(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise TrainingSubprocessError(f"training timed out after {timeout_s}s; log {log_path}:\n{_tail(log_path)}") from e
+    if proc.returncode != 0 or not result_path.is_file():
+        raise TrainingSubprocessError(
+            f"training exited with code {proc.returncode}; log {log_path}:\n{_tail(log_path)}"
+        )
+    return TrainResult.from_json(json.loads(result_path.read_text()))
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", required=True, type=Path, help="job JSON (see module docstring)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job = json.loads(args.job.read_text())
+    try:
+        payload = run_job(job)
+    except Exception as e:  # report cleanly; the parent shows the log tail
+        logging.getLogger("pumpl.training").exception("training failed: %s", e)
+        return 1
+    print("PUMPL_RESULT " + json.dumps({k: payload[k] for k in ("steps", "total_steps", "resumed_from_step",
+                                                                "tokens_per_s", "wall_s", "val_loss")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

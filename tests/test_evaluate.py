@@ -1,0 +1,216 @@
+"""evaluate_models / write_eval_outputs on the tiny random Llama with a random LoRA adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pumpl_assets.core.evaluate import (
+    MODE_METRICS,
+    PER_EXAMPLE_SCHEMA,
+    EvalReport,
+    answer_loss,
+    evaluate_models,
+    load_summary,
+    write_eval_outputs,
+)
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.schemas import RequestSpec
+
+RECORDS = [
+    {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
+    {"name": "Plank", "level": "beginner", "equipment": None, "category": "strength"},
+    {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength"},
+    {"name": "Cable Fly", "level": "intermediate", "equipment": "cable", "category": "strength"},
+    {"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "olympic weightlifting"},
+]
+
+REQUESTS = [
+    RequestSpec(goal="strength", minutes=20, level="beginner", equipment=["dumbbell"], days_per_week=3),
+    RequestSpec(goal="hypertrophy", minutes=30, level="intermediate", equipment=["cable"], days_per_week=4),
+    RequestSpec(goal="endurance", minutes=15, level="beginner", equipment=["body only"], days_per_week=2),
+    RequestSpec(goal="strength", minutes=45, level="expert", equipment=["barbell", "dumbbell"], days_per_week=5),
+]
+
+PLAN = (
+    '{{"title":"Session {i}","total_minutes":{m},"days_per_week":{d},"session":{{'
+    '"warmup":[{{"name":"Plank","sets":1,"rest_s":0,"work_s":60}}],'
+    '"main":[{{"name":"Push-Up","sets":3,"rest_s":60,"reps":10}}],'
+    '"cooldown":[{{"name":"Plank","sets":1,"rest_s":0,"work_s":30}}]}}}}'
+)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> ExerciseCatalogue:
+    return ExerciseCatalogue.from_records(RECORDS)
+
+
+@pytest.fixture(scope="module")
+def test_rows() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "example_id": [f"ex{i}" for i in range(len(REQUESTS))],
+            "request_json": [r.model_dump_json() for r in REQUESTS],
+            "plan_json": [PLAN.format(i=i, m=r.minutes, d=r.days_per_week) for i, r in enumerate(REQUESTS)],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pumpl_assets.core.training.base import patch_peft_torchao
+
+    patch_peft_torchao()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    get_peft_model(model, cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(
+    tiny_model_dir: Path, lora_dir: Path, test_rows: pl.DataFrame, catalogue: ExerciseCatalogue
+) -> EvalReport:
+    return evaluate_models(
+        tiny_model_dir,
+        lora_dir,
+        test_rows,
+        catalogue,
+        style="chat_template",
+        system_prompt="Be brief.",
+        batch_size=3,  # 4 rows → a full and a partial batch
+        max_new_tokens=24,
+    )
+
+
+@pytest.mark.integration
+def test_report_has_every_key_and_row(report: EvalReport, test_rows: pl.DataFrame) -> None:
+    for model in ("base", "adapter"):
+        for mode in ("unconstrained", "constrained"):
+            for metric in MODE_METRICS:
+                key = f"{model}.{mode}.{metric}"
+                assert key in report.summary, key
+                assert isinstance(report.summary[key], float)
+            for metric in ("json_valid", "schema_valid", "adherence", "duration_ok", "exercises_ok"):
+                assert 0.0 <= report.summary[f"{model}.{mode}.{metric}"] <= 1.0
+            assert report.summary[f"{model}.{mode}.tokens_per_s"] > 0
+            assert report.summary[f"{model}.{mode}.latency_p95_ms"] >= report.summary[f"{model}.{mode}.latency_p50_ms"]
+        loss = report.summary[f"{model}.test_loss"]
+        assert 0 < loss < 50
+        assert report.summary[f"{model}.perplexity"] == pytest.approx(math.exp(loss))
+    # the random LoRA really changes the model
+    assert report.summary["base.test_loss"] != report.summary["adapter.test_loss"]
+
+    df = report.per_example
+    assert df.schema == pl.Schema(PER_EXAMPLE_SCHEMA)
+    assert df.height == 2 * 2 * test_rows.height
+    counts = df.group_by(["model", "mode"]).len()
+    assert counts.height == 4 and set(counts["len"].to_list()) == {test_rows.height}
+    assert set(df["example_id"].to_list()) == set(test_rows["example_id"].to_list())
+    assert (df["completion_tokens"] <= 24).all()
+    # 24 tokens cannot close a plan: constrained rows are cut by length and counted invalid, with a reason
+    cons = df.filter(pl.col("mode") == "constrained")
+    assert (cons["finish_reason"] == "length").all()
+    assert not cons["json_valid"].any()
+    assert all(len(r) > 0 for r in cons["reasons"].to_list())
+    assert cons["text"].str.starts_with('{"title":"').all()
+
+
+@pytest.mark.integration
+def test_constrained_mode_with_budget_is_valid_and_exercises_ok(
+    tiny_model_dir: Path, test_rows: pl.DataFrame, catalogue: ExerciseCatalogue
+) -> None:
+    rep = evaluate_models(
+        tiny_model_dir,
+        None,
+        test_rows,
+        catalogue,
+        style="chat_template",
+        system_prompt=None,
+        batch_size=4,
+        max_new_tokens=1500,
+        modes=("constrained",),
+        limit=3,
+    )
+    s = rep.summary
+    assert s["n_examples"] == 3.0
+    assert s["base.constrained.json_valid"] == 1.0
+    assert s["base.constrained.schema_valid"] == 1.0
+    # request-aware names → every exercise known, available and at the right level
+    assert s["base.constrained.exercises_ok"] == 1.0
+    assert "adapter.constrained.schema_valid" not in s
+    assert not any(k.startswith("base.unconstrained") for k in s)
+    assert rep.per_example.height == 3
+    assert (rep.per_example["finish_reason"] == "stop").all()
+    assert s["grammar.compiles"] == 3.0
+
+
+@pytest.mark.integration
+def test_answer_loss_masks_the_prompt(tiny_model_dir: Path) -> None:
+    import torch
+
+    from pumpl_assets.core.generation import HFEngine, load_engine
+    from pumpl_assets.core.prompts import render_example
+
+    eng = load_engine("transformers", tiny_model_dir)
+    assert isinstance(eng, HFEngine)
+    try:
+        pairs = [("Plan please", '{"title":"abc"}'), ("A much longer request text here", '{"x":1}')]
+        loss, n = answer_loss(eng, pairs, style="chat_template", system_prompt="S", batch_size=2)
+        # independent path: HF's own loss, one example at a time, prompt labels masked
+        total, count = 0.0, 0
+        for user, ans in pairs:
+            prompt, full = render_example(eng.tokenizer, user, ans, system="S", style="chat_template")
+            ids = torch.tensor([eng.tokenizer(full, add_special_tokens=False).input_ids])
+            k = len(eng.tokenizer(prompt, add_special_tokens=False).input_ids)
+            labels = ids.clone()
+            labels[:, :k] = -100
+            with torch.inference_mode():
+                out = eng.model(input_ids=ids, labels=labels)
+            m = int((labels[:, 1:] != -100).sum())
+            total += float(out.loss) * m
+            count += m
+        assert n == count
+        assert loss == pytest.approx(total / count, rel=1e-4)
+    finally:
+        eng.close()
+
+
+@pytest.mark.integration
+def test_write_eval_outputs(report: EvalReport, tmp_path: Path) -> None:
+    paths = write_eval_outputs(report, tmp_path / "eval")
+    assert set(paths) == {"per_example", "summary", "rates_plot", "latency_plot"}
+    back = pl.read_parquet(paths["per_example"])
+    assert back.height == report.per_example.height
+    assert back.columns == report.per_example.columns
+    summary = json.loads(paths["summary"].read_text())
+    assert set(summary) == set(report.summary)
+    assert load_summary(tmp_path / "eval")["adapter.test_loss"] == pytest.approx(report.summary["adapter.test_loss"])
+    for key in ("rates_plot", "latency_plot"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+@pytest.mark.unit
+def test_bad_test_rows_are_clear_errors(tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['plan_json'\]"):
+        evaluate_models(
+            tmp_path, None, pl.DataFrame({"example_id": ["a"], "request_json": ["{}"]}), catalogue,
+            style="chat_template", system_prompt=None,
+        )
+    bad = pl.DataFrame({"example_id": ["bad1"], "request_json": ['{"goal":"flying"}'], "plan_json": ["{}"]})
+    with pytest.raises(ValueError, match="bad1"):
+        evaluate_models(tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None)
+    with pytest.raises(ValueError, match="unknown mode"):
+        evaluate_models(tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None, modes=("x",))

@@ -1,0 +1,330 @@
+"""The real LitServe server over HTTP (subprocess, own process group), on the tiny model.
+
+One module-scoped server answers most tests; the registry test starts its own server from a
+tmp sqlite MLflow registry and moves the alias under it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.grammar import allowed_exercise_names
+from pumpl_assets.core.prompts import request_to_prompt
+from pumpl_assets.core.schemas import RequestSpec, parse_plan
+from pumpl_serving.testing import REPO_ROOT, ServerProcess, start_server
+
+TOKEN = "test-token-7f3a9c"
+SECRET_MARKER = "SECRET-MARKER-93d1"
+
+
+def _catalogue_for(info: dict[str, Any]) -> ExerciseCatalogue | None:
+    path = info.get("catalogue")
+    if not path:
+        return None
+    return ExerciseCatalogue.from_parquet(path) if path.endswith(".parquet") else ExerciseCatalogue.from_json_file(path)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("serve")
+    srv = start_server(
+        [
+            "--model-path", str(tiny_model_dir),
+            "--threads", "1",
+            "--max-batch-size", "8",
+            "--batch-timeout", "0.5",
+            "--max-queue", "64",
+            "--timeout", "120",
+            "--poll-interval", "0",
+        ],
+        log_path=tmp / "server.log",
+        env={"PUMPL_DATA_ROOT": str(tmp / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
+        token=TOKEN,
+    )
+    yield srv
+    srv.stop()
+    assert srv.proc.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess):
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def info(http: httpx.Client) -> dict[str, Any]:
+    r = http.get("/info")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.integration
+def test_health_and_info(server: ServerProcess, http: httpx.Client, info: dict[str, Any], tiny_model_dir: Path):
+    assert httpx.get(f"{server.url}/health").status_code == 200  # open without the token
+    assert info["model"]["name"] == tiny_model_dir.name
+    assert info["model"]["version"] is None and info["model"]["source"] == "path"
+    assert info["engine"] == "transformers"
+    assert info["quantization"] is None
+    assert Path(info["model_path"]) == tiny_model_dir.resolve()
+    assert info["config"]["host"] == "127.0.0.1"
+    assert info["config"]["auth_enabled"] is True
+    assert TOKEN not in json.dumps(info)
+    assert {w["api"] for w in info["workers"]} == {"generate", "chat"}
+
+
+@pytest.mark.integration
+def test_generate_free_form(http: httpx.Client, tiny_model_dir: Path):
+    r = http.post("/generate", json={"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"text", "plan", "usage", "model", "latency_ms"}
+    assert isinstance(body["text"], str)
+    assert body["plan"] is None  # a free-form answer of a random model is no plan
+    u = body["usage"]
+    assert 1 <= u["completion_tokens"] <= 12 and u["prompt_tokens"] > 5
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert body["model"] == {"name": tiny_model_dir.name, "version": None, "alias": None}
+    assert body["latency_ms"] > 0
+    assert r.headers["x-constrained"] == "false"
+    # Greedy is deterministic: the same request gives the same text.
+    again = http.post("/generate", json={"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0}).json()
+    assert again["text"] == body["text"]
+
+
+SPECS = [
+    RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3),
+    RequestSpec(goal="mobility", minutes=20, level="intermediate", equipment=["body only"], days_per_week=2,
+                limitations=["knees"]),
+    RequestSpec(goal="hypertrophy", minutes=45, level="expert", equipment=["barbell", "cable"], days_per_week=4),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("i", range(len(SPECS)))
+def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, info: dict[str, Any], i: int):
+    spec = SPECS[i]
+    r = http.post(
+        "/generate",
+        json={"prompt": request_to_prompt(spec), "max_tokens": 2048, "temperature": 0.9, "seed": 100 + i},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-constrained"] == "true"
+    assert r.headers["x-finish-reason"] == "stop"
+    body = r.json()
+    plan = parse_plan(body["text"])  # raises if not schema-valid
+    assert body["plan"] is not None and body["plan"]["title"] == plan.title
+    cat = _catalogue_for(info)
+    if cat is not None:
+        allowed = set(allowed_exercise_names(spec, cat))
+        names = {e.name for e in plan.session.all_exercises()}
+        assert names <= allowed, names - allowed
+
+
+@pytest.mark.integration
+def test_constrained_from_body_fields_and_opt_out(http: httpx.Client, info: dict[str, Any]):
+    r = http.post(
+        "/generate",
+        json={"prompt": "Make me a quick plan", "equipment": ["kettlebells"], "level": "beginner",
+              "max_tokens": 2048, "temperature": 0.7, "seed": 7},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-constrained"] == "true"
+    plan = parse_plan(r.json()["text"])
+    cat = _catalogue_for(info)
+    if cat is not None:
+        req = RequestSpec(goal="general_fitness", minutes=30, level="beginner", equipment=["kettlebells"],
+                          days_per_week=3)
+        assert {e.name for e in plan.session.all_exercises()} <= set(allowed_exercise_names(req, cat))
+    off = http.post("/generate", json={"prompt": request_to_prompt(SPECS[0]), "constrained": False, "max_tokens": 8})
+    assert off.status_code == 200 and off.headers["x-constrained"] == "false"
+
+
+@pytest.mark.integration
+def test_openai_client_stream_and_non_stream(server: ServerProcess):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello coach"}]
+    full = client.chat.completions.create(model="pumpl", messages=msgs, max_tokens=16, temperature=0)
+    text = full.choices[0].message.content
+    assert isinstance(text, str) and text
+    assert full.usage is not None and full.usage.prompt_tokens > 5 and full.usage.completion_tokens >= 1
+    chunks = list(
+        client.chat.completions.create(model="pumpl", messages=msgs, max_tokens=16, temperature=0, stream=True)
+    )
+    assert len(chunks) >= 2
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text  # greedy: stream and non-stream agree
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    # A plan request through the OpenAI endpoint is constrained too.
+    plan_msgs = [{"role": "user", "content": request_to_prompt(SPECS[0])}]
+    res = client.chat.completions.create(model="pumpl", messages=plan_msgs, max_tokens=2048, temperature=0.8)
+    parse_plan(res.choices[0].message.content or "")
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model="pumpl", messages=msgs, max_tokens=4
+        )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="pumpl", messages=msgs, max_tokens=4, n=2)
+
+
+@pytest.mark.integration
+def test_dynamic_batching_under_concurrency(server: ServerProcess, http: httpx.Client):
+    before = http.get("/info").json()["metrics"]["generate"]
+    n = 8
+
+    def one(i: int) -> httpx.Response:
+        with server.client() as c:
+            return c.post("/generate", json={"prompt": f"Hello number {i}", "max_tokens": 24, "temperature": 0.0})
+
+    with cf.ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    assert [r.status_code for r in results] == [200] * n, [r.text for r in results if r.status_code != 200]
+    after = http.get("/info").json()["metrics"]["generate"]
+    served = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert served == n
+    assert batches < n, f"{n} concurrent requests ran in {batches} batches: no batching happened"
+    assert after["max_batch"] > 1
+    # Rows of one batch are independent: a batched greedy answer equals the single one.
+    solo = http.post("/generate", json={"prompt": "Hello number 3", "max_tokens": 24, "temperature": 0.0}).json()
+    assert solo["text"] == results[3].json()["text"]
+
+
+@pytest.mark.integration
+def test_auth_required_and_secrets_not_logged(server: ServerProcess, http: httpx.Client):
+    for method, path in [("POST", "/generate"), ("GET", "/info"), ("POST", "/v1/chat/completions"), ("GET", "/docs")]:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+            r = httpx.request(method, f"{server.url}{path}", json={"prompt": "x"}, headers=headers)
+            assert r.status_code == 401, (path, headers, r.status_code)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert TOKEN not in r.text
+    r = http.post("/generate", json={"prompt": f"My password is {SECRET_MARKER}", "max_tokens": 4})
+    assert r.status_code == 200
+    time.sleep(0.5)
+    log = server.log_text()
+    assert TOKEN not in log
+    assert SECRET_MARKER not in log
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------
+# Registry: serve the champion, move the alias under the running server
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_no_champion_exits_2_with_instructions(tmp_path: Path):
+    env = {
+        **os.environ,
+        "PUMPL_DATA_ROOT": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "pumpl_serving", "--partition", "smollm2-135m", "--port", "18999"],
+        cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "models:/pumpl-smollm2-135m@champion" in r.stderr
+    assert "--model-path" in r.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "pumpl_serving", "--model-path", str(tmp_path / "nowhere")],
+        cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert bad.returncode == 2 and "not a Hugging Face model folder" in bad.stderr
+
+
+@pytest.mark.integration
+def test_alias_move_hot_swaps_without_failing_requests(
+    tiny_model_dir: Path, smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from pumpl_assets.core.basemodel import build_tiny_model
+    from pumpl_assets.core.registry import Registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = tmp_path / "data"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PUMPL_DATA_ROOT", str(data))
+    reg = Registry(uri, artifact_root=str(tmp_path / "artifacts"))
+    second = build_tiny_model(tmp_path / "tiny-seed1", smollm2_dir, seed=1)
+    v1 = reg.register_version("smollm2-135m", tiny_model_dir, run_id=None, copy=False,
+                              tags={"merged_path": str(tiny_model_dir)})
+    v2 = reg.register_version("smollm2-135m", second, run_id=None, copy=False, tags={"merged_path": str(second)})
+    reg.set_champion("smollm2-135m", v1)
+
+    srv = start_server(
+        ["--partition", "smollm2-135m", "--threads", "1", "--poll-interval", "1", "--max-batch-size", "4",
+         "--batch-timeout", "0.05"],
+        log_path=tmp_path / "server.log",
+    )
+    try:
+        c = srv.client()
+        info = c.get("/info").json()
+        assert info["model"] == {"name": "pumpl-smollm2-135m", "version": v1, "alias": "champion",
+                                 "source": "registry"}
+        assert Path(info["model_path"]) == tiny_model_dir.resolve()
+        probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 0.0}
+        text_v1 = c.post("/generate", json=probe).json()["text"]
+
+        results: list[tuple[int, str | None, float, float]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with srv.client() as lc:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    r = lc.post("/generate", json={"prompt": "Keep going", "max_tokens": 120, "temperature": 0.0})
+                    ver = r.json()["model"]["version"] if r.status_code == 200 else None
+                    results.append((r.status_code, ver, t0, time.monotonic()))
+
+        workers = [threading.Thread(target=load) for _ in range(2)]
+        for w in workers:
+            w.start()
+        time.sleep(1.0)
+        reg.set_champion("smollm2-135m", v2)
+        moved_at = time.monotonic()
+        deadline = moved_at + 120
+        while time.monotonic() < deadline:
+            if c.get("/info").json()["model"]["version"] == v2:
+                break
+            time.sleep(0.5)
+        swapped_at = time.monotonic()
+        time.sleep(2.0)  # keep traffic going across and after the swap
+        stop.set()
+        for w in workers:
+            w.join(timeout=120)
+
+        info2 = c.get("/info").json()
+        assert info2["model"]["version"] == v2, info2
+        assert Path(info2["model_path"]) == second.resolve()
+        assert all(s == 200 for s, *_ in results), [r for r in results if r[0] != 200]
+        versions = [v for _, v, *_ in results]
+        assert v1 in versions and v2 in versions
+        # Requests that began before the alias moved finished fine (on the old engine).
+        assert any(t0 < moved_at and v == v1 for _, v, t0, _ in results)
+        # Once the swap was visible, new requests are answered by v2.
+        assert all(v == v2 for _, v, t0, _ in results if t0 > swapped_at + 0.5)
+        after = c.post("/generate", json=probe).json()
+        assert after["model"]["version"] == v2
+        assert after["text"] != text_v1  # different weights answer
+        assert c.get("/health").status_code == 200
+        gen_workers = [w for w in info2["workers"] if w["api"] == "generate"]
+        assert gen_workers and all(w["swaps"] >= 1 for w in gen_workers)
+        c.close()
+    finally:
+        srv.stop()

@@ -137,6 +137,16 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _worker_logging(level: str) -> None:
+    """Spawned workers start with bare logging; give our logger a stderr handler once."""
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
+        log.addHandler(h)
+        log.setLevel(level.upper())
+        log.propagate = False
+
+
 class ItemError(Exception):
     """A per-request problem found in the worker (answered 4xx without failing the batch)."""
 
@@ -155,6 +165,7 @@ class _ModelWorker:
     def _setup_model(self, device: str) -> None:
         from pumpl_assets.core.catalogue import CATALOGUE
 
+        _worker_logging(self.cfg.log_level)
         if self.cfg.threads:
             import torch
 

@@ -65,6 +65,10 @@ class ServerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.log_text()[-4000:]}")
 
+    def group_alive(self) -> bool:
+        """Is any process of the server's group (HTTP processes, workers) still running?"""
+        return _group_alive(self.proc.pid)  # start_new_session: the group id is the leader's pid
+
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left."""
         try:
@@ -75,7 +79,10 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(pgid):
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reap our direct child so it does not count as alive
+                if not _group_alive(pgid):
+                    break
                 time.sleep(0.2)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -86,6 +93,17 @@ class ServerProcess:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Any non-zombie process left in the group? (/proc on Linux, else a signal-0 probe)."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for stat in proc.glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

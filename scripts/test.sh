@@ -4,6 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
+bash scripts/install_browser.sh  # headless Chromium for tests/test_ui.py (never fails; tests skip/CI-fail without it)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/pytest -m "not gpu" "$@"
 rc=$?

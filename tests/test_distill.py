@@ -167,3 +167,10 @@ def test_distill_with_claude_teacher_and_cache(tmp_path: Path, catalogue: Exerci
         assert second.rows.height == 8 and second.cache_hits == 7
         assert second.rows.filter(pl.col("cache_hit")).height == 7
         assert second.input_tokens < first.input_tokens
+
+
+@pytest.mark.unit
+def test_sample_requests_has_no_duplicates() -> None:
+    reqs = sample_requests(3000, seed=0)
+    assert len({r.key() for r in reqs}) == 3000
+    assert reqs[:1000] == sample_requests(1000, seed=0)

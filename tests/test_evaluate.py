@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -21,19 +22,26 @@ from pumpl_assets.core.evaluate import (
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.schemas import RequestSpec
 
-RECORDS = [
+RECORDS: list[dict[str, Any]] = [
     {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
     {"name": "Plank", "level": "beginner", "equipment": None, "category": "strength"},
     {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength"},
     {"name": "Cable Fly", "level": "intermediate", "equipment": "cable", "category": "strength"},
-    {"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "olympic weightlifting"},
+    {
+        "name": "Barbell Snatch",
+        "level": "expert",
+        "equipment": "barbell",
+        "category": "olympic weightlifting",
+    },
 ]
 
 REQUESTS = [
     RequestSpec(goal="strength", minutes=20, level="beginner", equipment=["dumbbell"], days_per_week=3),
     RequestSpec(goal="hypertrophy", minutes=30, level="intermediate", equipment=["cable"], days_per_week=4),
     RequestSpec(goal="endurance", minutes=15, level="beginner", equipment=["body only"], days_per_week=2),
-    RequestSpec(goal="strength", minutes=45, level="expert", equipment=["barbell", "dumbbell"], days_per_week=5),
+    RequestSpec(
+        goal="strength", minutes=45, level="expert", equipment=["barbell", "dumbbell"], days_per_week=5
+    ),
 ]
 
 PLAN = (
@@ -72,9 +80,11 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
     out = tmp_path_factory.mktemp("lora") / "adapter"
-    get_peft_model(model, cfg).save_pretrained(out)
+    get_peft_model(model, cfg).save_pretrained(str(out))
     return out
 
 
@@ -105,7 +115,10 @@ def test_report_has_every_key_and_row(report: EvalReport, test_rows: pl.DataFram
             for metric in ("json_valid", "schema_valid", "adherence", "duration_ok", "exercises_ok"):
                 assert 0.0 <= report.summary[f"{model}.{mode}.{metric}"] <= 1.0
             assert report.summary[f"{model}.{mode}.tokens_per_s"] > 0
-            assert report.summary[f"{model}.{mode}.latency_p95_ms"] >= report.summary[f"{model}.{mode}.latency_p50_ms"]
+            assert (
+                report.summary[f"{model}.{mode}.latency_p95_ms"]
+                >= report.summary[f"{model}.{mode}.latency_p50_ms"]
+            )
         loss = report.summary[f"{model}.test_loss"]
         assert 0 < loss < 50
         assert report.summary[f"{model}.perplexity"] == pytest.approx(math.exp(loss))
@@ -196,7 +209,9 @@ def test_write_eval_outputs(report: EvalReport, tmp_path: Path) -> None:
     assert back.columns == report.per_example.columns
     summary = json.loads(paths["summary"].read_text())
     assert set(summary) == set(report.summary)
-    assert load_summary(tmp_path / "eval")["adapter.test_loss"] == pytest.approx(report.summary["adapter.test_loss"])
+    assert load_summary(tmp_path / "eval")["adapter.test_loss"] == pytest.approx(
+        report.summary["adapter.test_loss"]
+    )
     for key in ("rates_plot", "latency_plot"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temp leftovers
@@ -206,11 +221,17 @@ def test_write_eval_outputs(report: EvalReport, tmp_path: Path) -> None:
 def test_bad_test_rows_are_clear_errors(tmp_path: Path, catalogue: ExerciseCatalogue) -> None:
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['plan_json'\]"):
         evaluate_models(
-            tmp_path, None, pl.DataFrame({"example_id": ["a"], "request_json": ["{}"]}), catalogue,
-            style="chat_template", system_prompt=None,
+            tmp_path,
+            None,
+            pl.DataFrame({"example_id": ["a"], "request_json": ["{}"]}),
+            catalogue,
+            style="chat_template",
+            system_prompt=None,
         )
     bad = pl.DataFrame({"example_id": ["bad1"], "request_json": ['{"goal":"flying"}'], "plan_json": ["{}"]})
     with pytest.raises(ValueError, match="bad1"):
         evaluate_models(tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None)
     with pytest.raises(ValueError, match="unknown mode"):
-        evaluate_models(tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None, modes=("x",))
+        evaluate_models(
+            tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None, modes=("x",)
+        )

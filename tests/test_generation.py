@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,17 @@ from pumpl_assets.core.grammar import allowed_exercise_names, request_plan_schem
 from pumpl_assets.core.prompts import render_prompt, request_to_prompt
 from pumpl_assets.core.schemas import RequestSpec, parse_plan
 
-RECORDS = [
+RECORDS: list[dict[str, Any]] = [
     {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
     {"name": "Plank", "level": "beginner", "equipment": None, "category": "strength"},
     {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength"},
     {"name": "Goblet Squat", "level": "beginner", "equipment": "kettlebells", "category": "strength"},
-    {"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "olympic weightlifting"},
+    {
+        "name": "Barbell Snatch",
+        "level": "expert",
+        "equipment": "barbell",
+        "category": "olympic weightlifting",
+    },
     {"name": "Cable Fly", "level": "intermediate", "equipment": "cable", "category": "strength"},
 ]
 
@@ -238,10 +244,11 @@ def compressed_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     weights = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32)
     scheme = QuantizationScheme(targets=["Linear"], weights=weights)
-    oneshot(model=model, recipe=[QuantizationModifier(ignore=["lm_head"], config_groups={"g": scheme})])
+    recipe: Any = [QuantizationModifier(ignore=["lm_head"], config_groups={"g": scheme})]
+    oneshot(model=model, recipe=recipe)
     out = tmp_path_factory.mktemp("awq") / "tiny-w4a16"
     model.save_pretrained(out, save_compressed=True)
-    tok.save_pretrained(out)
+    tok.save_pretrained(str(out))
     return out
 
 
@@ -271,10 +278,12 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     patch_peft_torchao()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
     peft_model = get_peft_model(model, cfg)
     out = tmp_path_factory.mktemp("lora") / "adapter"
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 
@@ -295,7 +304,7 @@ def test_adapter_is_applied_unmerged_and_toggleable(tiny_model_dir: Path, lora_d
     finally:
         eng.close()
         base.close()
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         load_engine("transformers", tiny_model_dir, adapter_path=tiny_model_dir)
 
 
@@ -321,7 +330,11 @@ def test_smollm2_constrained_plans_are_valid_and_request_aware(
     reqs = [
         REQ_A,
         RequestSpec(
-            goal="mobility", minutes=20, level="intermediate", equipment=["bands"], days_per_week=2,
+            goal="mobility",
+            minutes=20,
+            level="intermediate",
+            equipment=["bands"],
+            days_per_week=2,
             limitations=["knees"],
         ),
     ]

@@ -17,19 +17,49 @@ from pumpl_assets.core.grammar import (
 )
 from pumpl_assets.core.schemas import RequestSpec, plan_json_schema
 
-RECORDS = [
-    {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength",
-     "primaryMuscles": ["chest"]},
-    {"name": "Plank", "level": "beginner", "equipment": None, "category": "strength",
-     "primaryMuscles": ["abdominals"]},
-    {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength",
-     "primaryMuscles": ["middle back"]},
-    {"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "olympic weightlifting",
-     "primaryMuscles": ["quadriceps"]},
-    {"name": "Box Jump", "level": "intermediate", "equipment": "body only", "category": "plyometrics",
-     "primaryMuscles": ["quadriceps"]},
-    {"name": "Arnold Press", "level": "intermediate", "equipment": "dumbbell", "category": "strength",
-     "primaryMuscles": ["shoulders"]},
+RECORDS: list[dict[str, Any]] = [
+    {
+        "name": "Push-Up",
+        "level": "beginner",
+        "equipment": "body only",
+        "category": "strength",
+        "primaryMuscles": ["chest"],
+    },
+    {
+        "name": "Plank",
+        "level": "beginner",
+        "equipment": None,
+        "category": "strength",
+        "primaryMuscles": ["abdominals"],
+    },
+    {
+        "name": "Dumbbell Row",
+        "level": "beginner",
+        "equipment": "dumbbell",
+        "category": "strength",
+        "primaryMuscles": ["middle back"],
+    },
+    {
+        "name": "Barbell Snatch",
+        "level": "expert",
+        "equipment": "barbell",
+        "category": "olympic weightlifting",
+        "primaryMuscles": ["quadriceps"],
+    },
+    {
+        "name": "Box Jump",
+        "level": "intermediate",
+        "equipment": "body only",
+        "category": "plyometrics",
+        "primaryMuscles": ["quadriceps"],
+    },
+    {
+        "name": "Arnold Press",
+        "level": "intermediate",
+        "equipment": "dumbbell",
+        "category": "strength",
+        "primaryMuscles": ["shoulders"],
+    },
 ]
 
 

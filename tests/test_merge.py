@@ -39,7 +39,10 @@ def _make_adapter(base: Path, dest: Path, *, seed: int = 1) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     cfg = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, cfg)
@@ -47,7 +50,7 @@ def _make_adapter(base: Path, dest: Path, *, seed: int = 1) -> Path:
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:  # B starts at zero: make the adapter do something
                 p.normal_(0.0, 0.5)
-    peft_model.save_pretrained(dest)
+    peft_model.save_pretrained(str(dest))
     return dest
 
 

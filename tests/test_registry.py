@@ -68,7 +68,10 @@ def test_runs_log_metrics_params_artifacts(registry: Registry, tmp_path: Path) -
     assert [a.path for a in registry.client.list_artifacts(run_id)] == ["report.json"]
     assert Path(registry.artifact_root) in Path(run.info.artifact_uri.removeprefix("file://")).parents
 
-    with pytest.raises(RuntimeError, match="boom"), registry.start_run("pumpl-smollm2-135m", "bad", {}) as bad_id:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        registry.start_run("pumpl-smollm2-135m", "bad", {}) as bad_id,
+    ):
         raise RuntimeError("boom")
     assert registry.client.get_run(bad_id).info.status == "FAILED"
     with pytest.raises(RuntimeError, match="no run"):
@@ -105,7 +108,9 @@ def test_register_and_move_champion(registry: Registry, tiny_model_dir: Path, tm
     assert v2 == "2"
     assert registry.get_champion(PART).version == "1"  # type: ignore[union-attr]
     by_version = registry.resolve(f"models:/{NAME}/2")
-    assert by_version.awq_path == tiny_model_dir.resolve() and by_version.source == str(tiny_model_dir.resolve())
+    assert by_version.awq_path == tiny_model_dir.resolve() and by_version.source == str(
+        tiny_model_dir.resolve()
+    )
     assert not by_version.is_champion
     assert registry.resolve(f"models:/{NAME}/latest").version == "2"
 
@@ -127,6 +132,6 @@ def test_register_and_move_champion(registry: Registry, tiny_model_dir: Path, tm
 
 @pytest.mark.integration
 def test_register_refuses_non_model_folder(registry: Registry, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         registry.register_version(PART, tmp_path, run_id=None, tags={})
     assert registry.list_versions(PART) == []

@@ -33,7 +33,11 @@ def _catalogue_for(info: dict[str, Any]) -> ExerciseCatalogue | None:
     path = info.get("catalogue")
     if not path:
         return None
-    return ExerciseCatalogue.from_parquet(path) if path.endswith(".parquet") else ExerciseCatalogue.from_json_file(path)
+    return (
+        ExerciseCatalogue.from_parquet(path)
+        if path.endswith(".parquet")
+        else ExerciseCatalogue.from_json_file(path)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +45,20 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("serve")
     srv = start_server(
         [
-            "--model-path", str(tiny_model_dir),
-            "--threads", "1",
-            "--max-batch-size", "8",
-            "--batch-timeout", "0.5",
-            "--max-queue", "64",
-            "--timeout", "120",
-            "--poll-interval", "0",
+            "--model-path",
+            str(tiny_model_dir),
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--batch-timeout",
+            "0.5",
+            "--max-queue",
+            "64",
+            "--timeout",
+            "120",
+            "--poll-interval",
+            "0",
         ],
         log_path=tmp / "server.log",
         env={"PUMPL_DATA_ROOT": str(tmp / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
@@ -56,6 +67,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     yield srv
     srv.stop()
     assert srv.proc.poll() is not None
+    assert not srv.group_alive(), "LitServe processes outlived the server"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +84,9 @@ def info(http: httpx.Client) -> dict[str, Any]:
 
 
 @pytest.mark.integration
-def test_health_and_info(server: ServerProcess, http: httpx.Client, info: dict[str, Any], tiny_model_dir: Path):
+def test_health_and_info(
+    server: ServerProcess, http: httpx.Client, info: dict[str, Any], tiny_model_dir: Path
+):
     assert httpx.get(f"{server.url}/health").status_code == 200  # open without the token
     assert info["model"]["name"] == tiny_model_dir.name
     assert info["model"]["version"] is None and info["model"]["source"] == "path"
@@ -106,9 +120,17 @@ def test_generate_free_form(http: httpx.Client, tiny_model_dir: Path):
 
 SPECS = [
     RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3),
-    RequestSpec(goal="mobility", minutes=20, level="intermediate", equipment=["body only"], days_per_week=2,
-                limitations=["knees"]),
-    RequestSpec(goal="hypertrophy", minutes=45, level="expert", equipment=["barbell", "cable"], days_per_week=4),
+    RequestSpec(
+        goal="mobility",
+        minutes=20,
+        level="intermediate",
+        equipment=["body only"],
+        days_per_week=2,
+        limitations=["knees"],
+    ),
+    RequestSpec(
+        goal="hypertrophy", minutes=45, level="expert", equipment=["barbell", "cable"], days_per_week=4
+    ),
 ]
 
 
@@ -137,18 +159,27 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
 def test_constrained_from_body_fields_and_opt_out(http: httpx.Client, info: dict[str, Any]):
     r = http.post(
         "/generate",
-        json={"prompt": "Make me a quick plan", "equipment": ["kettlebells"], "level": "beginner",
-              "max_tokens": 2048, "temperature": 0.7, "seed": 7},
+        json={
+            "prompt": "Make me a quick plan",
+            "equipment": ["kettlebells"],
+            "level": "beginner",
+            "max_tokens": 2048,
+            "temperature": 0.7,
+            "seed": 7,
+        },
     )
     assert r.status_code == 200, r.text
     assert r.headers["x-constrained"] == "true"
     plan = parse_plan(r.json()["text"])
     cat = _catalogue_for(info)
     if cat is not None:
-        req = RequestSpec(goal="general_fitness", minutes=30, level="beginner", equipment=["kettlebells"],
-                          days_per_week=3)
+        req = RequestSpec(
+            goal="general_fitness", minutes=30, level="beginner", equipment=["kettlebells"], days_per_week=3
+        )
         assert {e.name for e in plan.session.all_exercises()} <= set(allowed_exercise_names(req, cat))
-    off = http.post("/generate", json={"prompt": request_to_prompt(SPECS[0]), "constrained": False, "max_tokens": 8})
+    off = http.post(
+        "/generate", json={"prompt": request_to_prompt(SPECS[0]), "constrained": False, "max_tokens": 8}
+    )
     assert off.status_code == 200 and off.headers["x-constrained"] == "false"
 
 
@@ -157,13 +188,15 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
     import openai
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello coach"}]
+    msgs: list[Any] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello coach"}]
     full = client.chat.completions.create(model="pumpl", messages=msgs, max_tokens=16, temperature=0)
     text = full.choices[0].message.content
     assert isinstance(text, str) and text
     assert full.usage is not None and full.usage.prompt_tokens > 5 and full.usage.completion_tokens >= 1
-    chunks = list(
-        client.chat.completions.create(model="pumpl", messages=msgs, max_tokens=16, temperature=0, stream=True)
+    chunks: list[Any] = list(
+        client.chat.completions.create(
+            model="pumpl", messages=msgs, max_tokens=16, temperature=0, stream=True
+        )
     )
     assert len(chunks) >= 2
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -171,7 +204,7 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
     # A plan request through the OpenAI endpoint is constrained too.
-    plan_msgs = [{"role": "user", "content": request_to_prompt(SPECS[0])}]
+    plan_msgs: list[Any] = [{"role": "user", "content": request_to_prompt(SPECS[0])}]
     res = client.chat.completions.create(model="pumpl", messages=plan_msgs, max_tokens=2048, temperature=0.8)
     parse_plan(res.choices[0].message.content or "")
 
@@ -190,7 +223,9 @@ def test_dynamic_batching_under_concurrency(server: ServerProcess, http: httpx.C
 
     def one(i: int) -> httpx.Response:
         with server.client() as c:
-            return c.post("/generate", json={"prompt": f"Hello number {i}", "max_tokens": 24, "temperature": 0.0})
+            return c.post(
+                "/generate", json={"prompt": f"Hello number {i}", "max_tokens": 24, "temperature": 0.0}
+            )
 
     with cf.ThreadPoolExecutor(n) as pool:
         results = list(pool.map(one, range(n)))
@@ -202,13 +237,20 @@ def test_dynamic_batching_under_concurrency(server: ServerProcess, http: httpx.C
     assert batches < n, f"{n} concurrent requests ran in {batches} batches: no batching happened"
     assert after["max_batch"] > 1
     # Rows of one batch are independent: a batched greedy answer equals the single one.
-    solo = http.post("/generate", json={"prompt": "Hello number 3", "max_tokens": 24, "temperature": 0.0}).json()
+    solo = http.post(
+        "/generate", json={"prompt": "Hello number 3", "max_tokens": 24, "temperature": 0.0}
+    ).json()
     assert solo["text"] == results[3].json()["text"]
 
 
 @pytest.mark.integration
 def test_auth_required_and_secrets_not_logged(server: ServerProcess, http: httpx.Client):
-    for method, path in [("POST", "/generate"), ("GET", "/info"), ("POST", "/v1/chat/completions"), ("GET", "/docs")]:
+    for method, path in [
+        ("POST", "/generate"),
+        ("GET", "/info"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/docs"),
+    ]:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
             r = httpx.request(method, f"{server.url}{path}", json={"prompt": "x"}, headers=headers)
             assert r.status_code == 401, (path, headers, r.status_code)
@@ -237,14 +279,22 @@ def test_no_champion_exits_2_with_instructions(tmp_path: Path):
     }
     r = subprocess.run(
         [sys.executable, "-m", "pumpl_serving", "--partition", "smollm2-135m", "--port", "18999"],
-        cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=180,
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "models:/pumpl-smollm2-135m@champion" in r.stderr
     assert "--model-path" in r.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "pumpl_serving", "--model-path", str(tmp_path / "nowhere")],
-        cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=180,
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert bad.returncode == 2 and "not a Hugging Face model folder" in bad.stderr
 
@@ -262,23 +312,41 @@ def test_alias_move_hot_swaps_without_failing_requests(
     monkeypatch.setenv("PUMPL_DATA_ROOT", str(data))
     reg = Registry(uri, artifact_root=str(tmp_path / "artifacts"))
     second = build_tiny_model(tmp_path / "tiny-seed1", smollm2_dir, seed=1)
-    v1 = reg.register_version("smollm2-135m", tiny_model_dir, run_id=None, copy=False,
-                              tags={"merged_path": str(tiny_model_dir)})
-    v2 = reg.register_version("smollm2-135m", second, run_id=None, copy=False, tags={"merged_path": str(second)})
+    v1 = reg.register_version(
+        "smollm2-135m", tiny_model_dir, run_id=None, copy=False, tags={"merged_path": str(tiny_model_dir)}
+    )
+    v2 = reg.register_version(
+        "smollm2-135m", second, run_id=None, copy=False, tags={"merged_path": str(second)}
+    )
     reg.set_champion("smollm2-135m", v1)
 
     srv = start_server(
-        ["--partition", "smollm2-135m", "--threads", "1", "--poll-interval", "1", "--max-batch-size", "4",
-         "--batch-timeout", "0.05"],
+        [
+            "--partition",
+            "smollm2-135m",
+            "--threads",
+            "1",
+            "--poll-interval",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--batch-timeout",
+            "0.05",
+        ],
         log_path=tmp_path / "server.log",
     )
     try:
         c = srv.client()
         info = c.get("/info").json()
-        assert info["model"] == {"name": "pumpl-smollm2-135m", "version": v1, "alias": "champion",
-                                 "source": "registry"}
+        assert info["model"] == {
+            "name": "pumpl-smollm2-135m",
+            "version": v1,
+            "alias": "champion",
+            "source": "registry",
+        }
         assert Path(info["model_path"]) == tiny_model_dir.resolve()
-        probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 0.0}
+        # Sampled with a fixed seed (greedy random tiny models all just repeat the last token).
+        probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 1.0, "seed": 5}
         text_v1 = c.post("/generate", json=probe).json()["text"]
 
         results: list[tuple[int, str | None, float, float]] = []
@@ -288,7 +356,9 @@ def test_alias_move_hot_swaps_without_failing_requests(
             with srv.client() as lc:
                 while not stop.is_set():
                     t0 = time.monotonic()
-                    r = lc.post("/generate", json={"prompt": "Keep going", "max_tokens": 120, "temperature": 0.0})
+                    r = lc.post(
+                        "/generate", json={"prompt": "Keep going", "max_tokens": 120, "temperature": 0.0}
+                    )
                     ver = r.json()["model"]["version"] if r.status_code == 200 else None
                     results.append((r.status_code, ver, t0, time.monotonic()))
 
@@ -304,7 +374,10 @@ def test_alias_move_hot_swaps_without_failing_requests(
                 break
             time.sleep(0.5)
         swapped_at = time.monotonic()
-        time.sleep(2.0)  # keep traffic going across and after the swap
+        # Keep traffic going across the swap until requests started after it have answered.
+        until = time.monotonic() + 90
+        while time.monotonic() < until and sum(1 for r in results if r[2] > swapped_at + 0.5) < 2:
+            time.sleep(0.2)
         stop.set()
         for w in workers:
             w.join(timeout=120)

@@ -94,11 +94,21 @@ def sample_requests(n: int, seed: int) -> list[RequestSpec]:
     Deterministic in ``(n, seed)``; request ``i`` depends only on ``(i, seed)``, so
     ``sample_requests(n, s)`` is a prefix of ``sample_requests(m, s)`` for ``n < m``.
     Every 540 requests cover the full grid once (with seed-dependent order); days
-    per week are 2-5; ~30% carry one or two limitations.
+    per week are 2-5; ~30% carry one or two limitations. No request appears twice
+    (the first 540 are distinct by construction; later exact repeats are skipped).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return [_request_at(i, seed) for i in range(n)]
+    out: list[RequestSpec] = []
+    seen: set[str] = set()
+    i = 0
+    while len(out) < n:  # exact repeats are skipped (they would leak across splits and add nothing)
+        req = _request_at(i, seed)
+        i += 1
+        if req.key() not in seen:
+            seen.add(req.key())
+            out.append(req)
+    return out
 
 
 @dataclass

@@ -178,7 +178,9 @@ def answer_loss(
             ).logits.float()
             shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-            nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                shift_logits, shift_labels, ignore_index=-100, reduction="sum"
+            )
             total += float(nll)
             count += int((shift_labels != -100).sum())
     if count == 0:
@@ -215,8 +217,10 @@ def _run_mode(
     gen_seconds, gen_tokens = 0.0, 0
     with _adapter_toggle(engine, model):
         for chunk in _batches(examples, batch_size):
-            schemas = (
-                [request_plan_schema(ex.request, catalogue) for ex in chunk] if mode == "constrained" else None
+            schemas: list[dict | None] | None = (
+                [request_plan_schema(ex.request, catalogue) for ex in chunk]
+                if mode == "constrained"
+                else None
             )
             t0 = time.perf_counter()
             gens = engine.generate([ex.prompt for ex in chunk], params, schemas)
@@ -312,7 +316,13 @@ def evaluate_models(
             summary[f"{model}.answer_tokens"] = float(n_tok)
             for mode in modes:
                 rows, metrics = _run_mode(
-                    eng, model, mode, examples, catalogue, batch_size=batch_size, max_new_tokens=max_new_tokens
+                    eng,
+                    model,
+                    mode,
+                    examples,
+                    catalogue,
+                    batch_size=batch_size,
+                    max_new_tokens=max_new_tokens,
                 )
                 all_rows.extend(rows)
                 summary.update({f"{model}.{mode}.{k}": float(v) for k, v in metrics.items()})

@@ -185,8 +185,14 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
 
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(table)}")
     return table[dtype]
@@ -276,13 +282,10 @@ class HFEngine:
         json_schemas: list[dict | None] | None = None,
     ) -> list[Generation]:
         """Batched generation of ``prompts`` (all in one batch; callers chunk)."""
-        rows = None
-        for rows in self._decode(prompts, params, json_schemas):
-            pass
-        assert rows is not None
-        return [
-            Generation(r.text, r.prompt_tokens, len(r.tokens), r.finish_reason or "length") for r in rows
-        ]
+        rows: list[_Row] = []
+        for step_rows in self._decode(prompts, params, json_schemas):
+            rows = step_rows
+        return [Generation(r.text, r.prompt_tokens, len(r.tokens), r.finish_reason or "length") for r in rows]
 
     def stream(self, prompt: str, params: GenerationParams, json_schema: dict | None = None) -> Iterator[str]:
         """Yield text pieces of one generation as they are decoded (joined = ``generate`` text)."""
@@ -340,7 +343,9 @@ class HFEngine:
             if p.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
             if p.temperature < 0 or not (0 < p.top_p <= 1):
-                raise ValueError(f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}")
+                raise ValueError(
+                    f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}"
+                )
 
         enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         rows = [_Row(index=i, params=plist[i], prompt_tokens=len(enc[i])) for i in range(n)]
@@ -349,7 +354,8 @@ class HFEngine:
                 rows[i].matcher = self.grammars.matcher(s)
             if plist[i].temperature > 0:
                 g = torch.Generator(device="cpu")
-                g.manual_seed(plist[i].seed if plist[i].seed is not None else int(torch.randint(0, 2**31 - 1, ())))
+                seed = plist[i].seed
+                g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
                 rows[i].generator = g
 
         width = max(len(e) for e in enc)
@@ -450,10 +456,7 @@ class HFEngine:
             row.finish_reason = "length"
 
 
-def _load_hf(
-    kind: str, path: Path, *, adapter_path: Path | None, device: str, dtype: str
-) -> HFEngine:
-    import torch
+def _load_hf(kind: str, path: Path, *, adapter_path: Path | None, device: str, dtype: str) -> HFEngine:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -491,7 +494,7 @@ def _load_hf(
     kwargs["device_map"] = {"": dev}
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -531,7 +534,9 @@ class VLLMEngine:
         try:
             import vllm
         except ImportError as exc:
-            raise EngineError("engine 'vllm' needs the vllm package (`pip install vllm`) on a GPU machine") from exc
+            raise EngineError(
+                "engine 'vllm' needs the vllm package (`pip install vllm`) on a GPU machine"
+            ) from exc
         self.model_path = str(model_path)
         qc = _read_quant_config(model_path)
         self.quantization = (qc or {}).get("quant_method")

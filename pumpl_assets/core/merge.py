@@ -30,8 +30,14 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_MARKER = "pumpl_merge.json"
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 class AdapterError(ValueError):
@@ -111,7 +117,7 @@ def verify_adapter(adapter_dir: Path) -> dict[str, Any]:
 def _load_base(base_model: Path | str, dtype: str, device: str = "cpu") -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=_torch_dtype(dtype))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=_torch_dtype(dtype))
     return model.to(device).eval()
 
 
@@ -154,7 +160,7 @@ def merge_adapter(
     _torch_dtype(dtype)  # validate early
 
     model = _load_unmerged(base_model, adapter_dir, dtype)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload(safe_merge=True)  # raises if a merged weight is non-finite
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(base_model, adapter_dir))
     marker = {
         "base_model": str(base_model),
@@ -192,8 +198,9 @@ def _greedy(model: Any, input_ids: torch.Tensor, max_new_tokens: int, eos: Any, 
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad
     )
-    out = model.generate(input_ids=input_ids, attention_mask=input_ids.new_ones(input_ids.shape),
-                         generation_config=cfg)
+    out = model.generate(
+        input_ids=input_ids, attention_mask=input_ids.new_ones(input_ids.shape), generation_config=cfg
+    )
     return out[0, input_ids.shape[1] :]  # type: ignore[no-any-return]
 
 
@@ -224,7 +231,8 @@ def parity_check(
     if not prompts:
         raise ValueError("parity_check needs at least one prompt")
     unmerged = _load_unmerged(base_model, Path(adapter_dir), dtype, device)
-    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=_torch_dtype(dtype)).to(device).eval()
+    merged: Any = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=_torch_dtype(dtype))
+    merged = merged.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     eos = merged.generation_config.eos_token_id or tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -109,7 +109,9 @@ class Registry:
 
         self.tracking_uri = tracking_uri or settings.mlflow_tracking_uri()
         self.artifact_root = Path(artifact_root or settings.mlflow_artifact_root()).expanduser().resolve()
-        self.client: MlflowClient = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self.client: MlflowClient = MlflowClient(
+            tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+        )
         self._active_run: str | None = None
 
     # ---- tracking ---------------------------------------------------------------------------
@@ -129,7 +131,9 @@ class Registry:
     @contextlib.contextmanager
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
         """Open a run (yields its id); FINISHED on exit, FAILED if the block raises."""
-        run = self.client.create_run(self._experiment_id(experiment), run_name=run_name, tags=dict(tags or {}))
+        run = self.client.create_run(
+            self._experiment_id(experiment), run_name=run_name, tags=dict(tags or {})
+        )
         run_id = str(run.info.run_id)
         previous, self._active_run = self._active_run, run_id
         status = "FAILED"
@@ -164,7 +168,9 @@ class Registry:
         if batch:
             self.client.log_batch(self._run(run_id), params=batch)
 
-    def log_artifact(self, path: Path | str, *, run_id: str | None = None, artifact_path: str | None = None) -> None:
+    def log_artifact(
+        self, path: Path | str, *, run_id: str | None = None, artifact_path: str | None = None
+    ) -> None:
         """Copy a file or a whole folder into the run's artifact store."""
         path = Path(path)
         if path.is_dir():

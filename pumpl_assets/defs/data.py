@@ -140,7 +140,7 @@ def distilled(
     cat = _catalogue(context.partition_key)
     requests = sample_requests(config.n_examples, config.seed)
     kwargs: dict = {}
-    name = config.teacher
+    name = config.teacher if config.teacher != "auto" else os.environ.get("PUMPL_TEACHER", "auto")
     if name == "auto":
         name = "claude" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
     if name == "claude":

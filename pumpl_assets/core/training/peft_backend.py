@@ -109,6 +109,10 @@ class PeftBackend:
         )
         return get_peft_model(model, lora)
 
+    def uses_packing(self, cfg: TrainingConfig) -> bool:
+        """Whether micro-batches are packed (the unsloth backend declines on CUDA)."""
+        return cfg.packing
+
     # -- protocol ------------------------------------------------------------------------------
 
     def setup(self, base_model: Path | str, cfg: TrainingConfig, out_dir: Path) -> None:
@@ -249,8 +253,9 @@ class PeftBackend:
         if not tok_train:
             raise ValueError(f"no usable training examples: {len(train)} given, {len(skipped)} longer than seq_len")
 
+        packing = self.uses_packing(cfg)
         per_epoch = data.batches_per_epoch(
-            tok_train, packing=cfg.packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
+            tok_train, packing=packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
         )
         total = math.ceil(cfg.epochs * per_epoch / cfg.grad_accum) if cfg.epochs else cfg.max_steps
         if total <= 0:
@@ -275,7 +280,7 @@ class PeftBackend:
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
         stream = data.micro_batches(
-            tok_train, packing=cfg.packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
+            tok_train, packing=packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
         )
         stream = islice(stream, start_step * cfg.grad_accum, None)
 
@@ -290,12 +295,12 @@ class PeftBackend:
             for rows in micro:
                 batch = {
                     k: v.to(self.device)
-                    for k, v in data.collate(tok_train, rows, pad_id=pad_id, packing=cfg.packing).items()
+                    for k, v in data.collate(tok_train, rows, pad_id=pad_id, packing=packing).items()
                 }
                 loss_sum, _ = self._loss_sum(batch)
                 loss = loss_sum / max(1, n_answer)
                 loss.backward()
-                step_loss += float(loss)
+                step_loss += float(loss.detach())
                 n_tokens += data.real_tokens(tok_train, rows)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -334,7 +339,7 @@ class PeftBackend:
             skipped_too_long=len(skipped),
             extra={"setup_s": round(self._setup_s, 2), "loop_s": round(loop_s, 2), "device": self.device,
                    "threads": torch.get_num_threads(), "batches_per_epoch": per_epoch,
-                   "n_val_examples": len(tok_val)},
+                   "n_val_examples": len(tok_val), "packing": packing},
         )
         result.metrics_path, result.loss_plot = base.write_metrics(out_dir, result)
         return result

@@ -60,9 +60,12 @@ def greedy_valid(base: Path, adapter: Path, examples: list, *, batch: int, max_n
     from pumpl_assets.core.prompts import render_prompt
     from pumpl_assets.core.schemas import parse_plan
     from pumpl_assets.core.training.base import patch_peft_torchao
+    from pumpl_assets.core.training.peft_backend import torch_threads
 
     patch_peft_torchao()
     from peft import PeftModel
+
+    torch.set_num_threads(torch_threads())
 
     tok = AutoTokenizer.from_pretrained(base)
     tok.padding_side = "left"
@@ -70,14 +73,18 @@ def greedy_valid(base: Path, adapter: Path, examples: list, *, batch: int, max_n
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
-    prompts = [render_prompt(tok, ex.user, system=ex.messages[0].content, style="chat_template") for ex in examples]
+    prompts = [
+        render_prompt(tok, ex.user, system=ex.messages[0].content, style="chat_template") for ex in examples
+    ]
     valid, rows = 0, []
     for b in range(0, len(prompts), batch):
         enc = tok(prompts[b : b + batch], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+            gen = model.generate(
+                **enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
+            )
         for seq in gen[:, enc["input_ids"].shape[1] :]:
-            text = tok.decode(seq, skip_special_tokens=True).strip()
+            text = str(tok.decode(seq, skip_special_tokens=True)).strip()
             try:
                 parse_plan(text)
                 ok = True
@@ -108,7 +115,9 @@ def main() -> int:
     p.add_argument("--backend", choices=["auto", "peft", "unsloth"])
     p.add_argument("--eval-batch", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--catalogue", type=Path, default=REPO / "pumpl_assets" / "data" / "raw" / "exercises.json")
+    p.add_argument(
+        "--catalogue", type=Path, default=REPO / "pumpl_assets" / "data" / "raw" / "exercises.json"
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "train_recipe")
     p.add_argument("--keep", action="store_true", help="keep out dir (resume) instead of starting fresh")
     args = p.parse_args()
@@ -117,8 +126,12 @@ def main() -> int:
     overrides = {
         k: v
         for k, v in {
-            "max_steps": args.steps, "learning_rate": args.lr, "batch_size": args.batch_size,
-            "seq_len": args.seq_len, "rank": args.rank, "backend": args.backend,
+            "max_steps": args.steps,
+            "learning_rate": args.lr,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "rank": args.rank,
+            "backend": args.backend,
         }.items()
         if v is not None
     }
@@ -138,27 +151,45 @@ def main() -> int:
     data_s = time.perf_counter() - t0
     load_before = os.getloadavg()
     job = {
-        "base_model": str(base), "cfg": cfg.model_dump(), "out_dir": str(args.out / "run"),
-        "train": [e.model_dump(mode="json") for e in train], "val": [e.model_dump(mode="json") for e in held[:10]],
-        "style": spec.prompt_style, "system_prompt": None, "device": spec.device,
+        "base_model": str(base),
+        "cfg": cfg.model_dump(),
+        "out_dir": str(args.out / "run"),
+        "train": [e.model_dump(mode="json") for e in train],
+        "val": [e.model_dump(mode="json") for e in held[:10]],
+        "style": spec.prompt_style,
+        "system_prompt": None,
+        "device": spec.device,
     }
     t1 = time.perf_counter()
     result = run_training_subprocess(job)
     train_wall = time.perf_counter() - t1
     load_after = os.getloadavg()
     t2 = time.perf_counter()
-    valid = greedy_valid(base, result.adapter_dir, held, batch=args.eval_batch, max_new=args.max_new_tokens, out=args.out)
+    valid = greedy_valid(
+        base, result.adapter_dir, held, batch=args.eval_batch, max_new=args.max_new_tokens, out=args.out
+    )
     eval_s = time.perf_counter() - t2
     summary = {
         "recipe": cfg.model_dump(),
-        "n_train": len(train), "n_eval": len(held),
-        "steps": result.steps, "total_steps": result.total_steps, "resumed_from_step": result.resumed_from_step,
-        "train_tokens": result.train_tokens, "tokens_per_s": round(result.tokens_per_s, 1),
-        "train_loop_min": round(result.extra.get("loop_s", 0) / 60, 2), "train_subprocess_min": round(train_wall / 60, 2),
-        "final_loss": result.train_loss[-1][1] if result.train_loss else None, "val_loss": result.val_loss,
-        "valid_pct": round(100 * valid, 1), "eval_min": round(eval_s / 60, 2), "data_s": round(data_s, 1),
-        "loadavg_before": load_before, "loadavg_after": load_after, "cores": os.cpu_count(),
-        "peak_rss_mb": round(result.peak_rss_mb), "backend": result.backend,
+        "n_train": len(train),
+        "n_eval": len(held),
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "resumed_from_step": result.resumed_from_step,
+        "train_tokens": result.train_tokens,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "train_loop_min": round(result.extra.get("loop_s", 0) / 60, 2),
+        "train_subprocess_min": round(train_wall / 60, 2),
+        "final_loss": result.train_loss[-1][1] if result.train_loss else None,
+        "val_loss": result.val_loss,
+        "valid_pct": round(100 * valid, 1),
+        "eval_min": round(eval_s / 60, 2),
+        "data_s": round(data_s, 1),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "cores": os.cpu_count(),
+        "peak_rss_mb": round(result.peak_rss_mb),
+        "backend": result.backend,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

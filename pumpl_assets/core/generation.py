@@ -67,6 +67,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+    token_ids: list[int] = field(default_factory=list)  # completion ids (EOS excluded); extra to the contract
 
 
 @runtime_checkable

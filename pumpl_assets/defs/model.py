@@ -88,6 +88,7 @@ def _mlflow_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
 def lora_adapter(
     context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
+    from pumpl_assets.core.dataset import to_training_examples
     from pumpl_assets.core.merge import AdapterError, verify_adapter
     from pumpl_assets.core.prompts import resolve_style
     from pumpl_assets.core.training import run_training_subprocess
@@ -112,14 +113,22 @@ def lora_adapter(
         import shutil
 
         shutil.rmtree(d / "checkpoints", ignore_errors=True)
+    system = settings.system_prompt()
+    examples = {
+        name: [
+            ex.model_dump(mode="json")
+            for ex in to_training_examples(pl.read_parquet(split_dir / f"{name}.parquet"), system)
+        ]
+        for name in ("train", "val")
+    }
     job = {
         "base_model": str(base),
-        "config": cfg.model_dump(),
-        "train_path": str(split_dir / "train.jsonl"),
-        "val_path": str(split_dir / "val.jsonl"),
+        "cfg": cfg.model_dump(),
+        "train": examples["train"],
+        "val": examples["val"],
         "out_dir": str(d),
         "style": resolve_style(spec.prompt_style),
-        "system_prompt": settings.system_prompt(),
+        "system_prompt": system,
         "device": spec.device,
     }
     with timed() as t:

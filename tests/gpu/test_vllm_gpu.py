@@ -37,7 +37,12 @@ RECORDS: list[dict[str, Any]] = [
     {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
     {"name": "Plank", "level": "beginner", "equipment": None, "category": "strength"},
     {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength"},
-    {"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "olympic weightlifting"},
+    {
+        "name": "Barbell Snatch",
+        "level": "expert",
+        "equipment": "barbell",
+        "category": "olympic weightlifting",
+    },
 ]
 
 
@@ -50,7 +55,10 @@ def vllm_engine(smollm2_dir: Path) -> Iterator[Any]:
 
 def test_vllm_generate_batch(vllm_engine: Any) -> None:
     tok = vllm_engine.tokenizer
-    prompts = [render_prompt(tok, "Say hello", system=""), render_prompt(tok, "Name three exercises", system="")]
+    prompts = [
+        render_prompt(tok, "Say hello", system=""),
+        render_prompt(tok, "Name three exercises", system=""),
+    ]
     gens = vllm_engine.generate(prompts, GenerationParams(max_new_tokens=32))
     assert len(gens) == 2
     for g in gens:

@@ -175,13 +175,17 @@ def resolve_backend_name(name: str, device: str, cfg: TrainingConfig | None = No
       warning-laden path that we do not support).
     """
     if name not in BACKENDS:
-        raise BackendUnavailableError(f"unknown trainer backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise BackendUnavailableError(
+            f"unknown trainer backend {name!r}; choose one of {', '.join(BACKENDS)}"
+        )
     dev = resolve_device(device)
     if name == "auto":
         name = "unsloth" if (dev == "cuda" and unsloth_importable()) else "peft"
     if name == "unsloth":
         if not unsloth_importable():
-            raise BackendUnavailableError("backend 'unsloth' requested but the unsloth package is not installed")
+            raise BackendUnavailableError(
+                "backend 'unsloth' requested but the unsloth package is not installed"
+            )
         if dev == "cpu" and os.environ.get("UNSLOTH_DISABLE_CPU_FALLBACK", "0") not in ("", "0"):
             raise BackendUnavailableError(
                 "backend 'unsloth' requested on CPU but UNSLOTH_DISABLE_CPU_FALLBACK is set and no CUDA "
@@ -291,7 +295,9 @@ def latest_checkpoint(out_dir: Path, fingerprint: str) -> tuple[Path, int] | Non
     root = out_dir / CHECKPOINTS
     if not root.is_dir():
         return None
-    candidates = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+    candidates = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True
+    )
     for path in candidates:
         step = verify_checkpoint(path, fingerprint)
         if step is not None:
@@ -319,7 +325,9 @@ def prune_checkpoints(out_dir: Path, keep: int = 2) -> None:
 # Metrics
 
 
-def write_metrics(out_dir: Path, result: TrainResult, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def write_metrics(
+    out_dir: Path, result: TrainResult, extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """metrics.json + loss_curve.png, both atomic. Returns their paths."""
     metrics_path = out_dir / "metrics.json"
     plot_path = out_dir / "loss_curve.png"
@@ -338,7 +346,9 @@ def write_metrics(out_dir: Path, result: TrainResult, extra: dict[str, Any] | No
         xs, ys = zip(*result.train_loss, strict=True)
         ax.plot(xs, ys, label="train loss")
     if result.val_loss is not None and result.train_loss:
-        ax.axhline(result.val_loss, color="tab:orange", linestyle="--", label=f"val loss {result.val_loss:.3f}")
+        ax.axhline(
+            result.val_loss, color="tab:orange", linestyle="--", label=f"val loss {result.val_loss:.3f}"
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.set_title(f"LoRA training ({result.backend})")

@@ -62,7 +62,9 @@ def example_system(ex: TrainingExample, system_prompt: str | None) -> str | None
     return first.content if first.role == "system" else ""
 
 
-def render_texts(tokenizer: Any, ex: TrainingExample, *, style: str, system_prompt: str | None) -> tuple[str, str]:
+def render_texts(
+    tokenizer: Any, ex: TrainingExample, *, style: str, system_prompt: str | None
+) -> tuple[str, str]:
     """(prompt, answer + end-of-turn) exactly as serving renders the prompt."""
     prompt, full = render_example(
         tokenizer, ex.user, ex.assistant, system=example_system(ex, system_prompt), style=style
@@ -113,7 +115,9 @@ def pack(lengths: list[int], seq_len: int) -> list[list[int]]:
     room: list[int] = []
     for i, n in enumerate(lengths):
         if n > seq_len:
-            raise ValueError(f"item {i} has {n} tokens > seq_len {seq_len}; it cannot be packed without cutting it")
+            raise ValueError(
+                f"item {i} has {n} tokens > seq_len {seq_len}; it cannot be packed without cutting it"
+            )
         for r, free in enumerate(room):
             if n <= free:
                 rows[r].append(i)
@@ -125,26 +129,28 @@ def pack(lengths: list[int], seq_len: int) -> list[list[int]]:
     return rows
 
 
-def epoch_rows(n_examples: int, lengths: list[int], *, packing: bool, seq_len: int, batch_size: int, seed: int) -> list[list[int]]:
+def epoch_rows(
+    n_examples: int, lengths: list[int], *, packing: bool, seq_len: int, batch_size: int, seed: int
+) -> list[list[int]]:
     """Rows (lists of example indices) of one epoch, in training order."""
     rng = random.Random(seed)
     order = list(range(n_examples))
     rng.shuffle(order)
     if packing:
-        rows = [[order[j] for j in row] for row in pack([lengths[i] for i in order], seq_len)]
-        rng.shuffle(rows)
-        return rows
+        packed = [[order[j] for j in row] for row in pack([lengths[i] for i in order], seq_len)]
+        rng.shuffle(packed)
+        return packed
     # Length grouping: sort within chunks of 32 batches, then shuffle the batches.
     chunk = batch_size * 32
-    rows = []
+    rows: list[list[int]] = []
     batches: list[list[list[int]]] = []
     for c in range(0, len(order), chunk):
         part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
-        for b in range(0, len(part), batch_size):
-            batches.append([[i] for i in part[b : b + batch_size]])
+        for start in range(0, len(part), batch_size):
+            batches.append([[i] for i in part[start : start + batch_size]])
     rng.shuffle(batches)
-    for b in batches:
-        rows.extend(b)
+    for batch in batches:
+        rows.extend(batch)
     return rows
 
 
@@ -163,16 +169,25 @@ def micro_batches(
     epoch = 0
     while True:
         rows = epoch_rows(
-            len(examples), lengths, packing=packing, seq_len=seq_len, batch_size=batch_size, seed=seed * 1_000_003 + epoch
+            len(examples),
+            lengths,
+            packing=packing,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            seed=seed * 1_000_003 + epoch,
         )
         for b in range(0, len(rows), batch_size):
             yield rows[b : b + batch_size]
         epoch += 1
 
 
-def batches_per_epoch(examples: list[TokenizedExample], *, packing: bool, seq_len: int, batch_size: int, seed: int) -> int:
+def batches_per_epoch(
+    examples: list[TokenizedExample], *, packing: bool, seq_len: int, batch_size: int, seed: int
+) -> int:
     lengths = [len(e) for e in examples]
-    rows = epoch_rows(len(examples), lengths, packing=packing, seq_len=seq_len, batch_size=batch_size, seed=seed * 1_000_003)
+    rows = epoch_rows(
+        len(examples), lengths, packing=packing, seq_len=seq_len, batch_size=batch_size, seed=seed * 1_000_003
+    )
     return -(-len(rows) // batch_size)
 
 

@@ -8,7 +8,7 @@ Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP show
 * computes the LM head and cross-entropy ONLY on answer positions (the prompt is ~40% of
   the tokens and the 49k-vocab head is ~20% of the model's FLOPs) instead of full logits;
 * runs fp32 on CPU (bf16 autocast is slower on CPUs without AMX), ``torch.set_num_threads``
-  = available cores (``PUMPL_TORCH_THREADS`` overrides), no KV cache during training;
+  = idle cores (see :func:`torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
 * AdamW over the LoRA parameters only, linear warm-up then cosine decay to 10%.
 
 The same loop serves the unsloth backend (which only swaps how the model is loaded).
@@ -38,13 +38,25 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def torch_threads() -> int:
+    """Intra-op threads for CPU training: ``PUMPL_TORCH_THREADS`` if set, else the cores not already busy.
+
+    Measured on this shared 2-core box under load ~7: one LoRA step of SmolLM2 (512 tokens) took
+    8.4 s with 1 thread and 28-55 s with 2 (OpenMP threads spin at barriers while descheduled).
+    So the default is ``cores - round(1-min load average)``, at least 1 and at most ``cores``;
+    on an idle box that is all cores.
+    """
     env = os.environ.get("PUMPL_TORCH_THREADS")
     if env:
         return max(1, int(env))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # pragma: no cover
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def _dtype(name: str) -> Any:
@@ -58,7 +70,9 @@ class PeftBackend:
 
     name = "peft"
 
-    def __init__(self, device: str = "cpu", *, style: str = "chat_template", system_prompt: str | None = None):
+    def __init__(
+        self, device: str = "cpu", *, style: str = "chat_template", system_prompt: str | None = None
+    ):
         self.device = device
         self.style = style
         self.system_prompt = system_prompt
@@ -76,7 +90,9 @@ class PeftBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if cfg.load_in_4bit and self.device != "cuda":
-            raise BackendUnavailableError("load_in_4bit=True needs CUDA; the peft backend trains fp32/bf16 on CPU")
+            raise BackendUnavailableError(
+                "load_in_4bit=True needs CUDA; the peft backend trains fp32/bf16 on CPU"
+            )
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         kwargs: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
         if cfg.load_in_4bit:
@@ -86,7 +102,7 @@ class PeftBackend:
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
             )
             kwargs["device_map"] = {"": 0}
-        model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
         if not cfg.load_in_4bit:
             model.to(self.device)
         return model, tokenizer
@@ -226,7 +242,12 @@ class PeftBackend:
         with torch.inference_mode():
             rows = [[i] for i in sorted(range(len(examples)), key=lambda i: len(examples[i]))]
             for b in range(0, len(rows), max(1, self.cfg.batch_size)):
-                batch = data.collate(examples, rows[b : b + self.cfg.batch_size], pad_id=self.tokenizer.pad_token_id, packing=False)
+                batch = data.collate(
+                    examples,
+                    rows[b : b + self.cfg.batch_size],
+                    pad_id=self.tokenizer.pad_token_id,
+                    packing=False,
+                )
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 loss, n = self._loss_sum(batch)
                 total += float(loss)
@@ -251,7 +272,9 @@ class PeftBackend:
         for idx, reason in skipped:
             log.warning("training example %d skipped: %s", idx, reason)
         if not tok_train:
-            raise ValueError(f"no usable training examples: {len(train)} given, {len(skipped)} longer than seq_len")
+            raise ValueError(
+                f"no usable training examples: {len(train)} given, {len(skipped)} longer than seq_len"
+            )
 
         packing = self.uses_packing(cfg)
         per_epoch = data.batches_per_epoch(
@@ -317,8 +340,16 @@ class PeftBackend:
         with atomic_path(out_dir / "adapter") as tmp:
             self._save_adapter(tmp)
             (tmp / "pumpl_training.json").write_text(
-                json.dumps({"style": self.style, "system_prompt": self.system_prompt, "base_model": self.base_model,
-                            "recipe": cfg.model_dump(), "backend": self.name}, indent=2)
+                json.dumps(
+                    {
+                        "style": self.style,
+                        "system_prompt": self.system_prompt,
+                        "base_model": self.base_model,
+                        "recipe": cfg.model_dump(),
+                        "backend": self.name,
+                    },
+                    indent=2,
+                )
             )
         # The final state is a checkpoint too: re-running a finished job trains 0 steps.
         self._checkpoint(out_dir, total, fingerprint, optimizer, scheduler, losses)
@@ -337,25 +368,46 @@ class PeftBackend:
             total_steps=total,
             n_train_examples=len(tok_train),
             skipped_too_long=len(skipped),
-            extra={"setup_s": round(self._setup_s, 2), "loop_s": round(loop_s, 2), "device": self.device,
-                   "threads": torch.get_num_threads(), "batches_per_epoch": per_epoch,
-                   "n_val_examples": len(tok_val), "packing": packing},
+            extra={
+                "setup_s": round(self._setup_s, 2),
+                "loop_s": round(loop_s, 2),
+                "device": self.device,
+                "threads": torch.get_num_threads(),
+                "batches_per_epoch": per_epoch,
+                "n_val_examples": len(tok_val),
+                "packing": packing,
+            },
         )
         result.metrics_path, result.loss_plot = base.write_metrics(out_dir, result)
         return result
 
-    def _checkpoint(self, out_dir: Path, step: int, fingerprint: str, optimizer: Any, scheduler: Any,
-                    losses: list[tuple[int, float]]) -> None:
+    def _checkpoint(
+        self,
+        out_dir: Path,
+        step: int,
+        fingerprint: str,
+        optimizer: Any,
+        scheduler: Any,
+        losses: list[tuple[int, float]],
+    ) -> None:
         import torch
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         def write(tmp: Path) -> None:
-            weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.model).items()}
+            weights = {
+                k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.model).items()
+            }
             save_file(weights, str(tmp / ADAPTER_WEIGHTS))
             torch.save(
-                {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "losses": losses},
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(),
+                    "losses": losses,
+                },
                 tmp / TRAINER_STATE,
             )
 

@@ -81,7 +81,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     val = _examples(job, "val")
     out_dir = Path(job["out_dir"])
     backend = base.select_backend(
-        backend_name, device, cfg=cfg, style=job.get("style", "chat_template"), system_prompt=job.get("system_prompt")
+        backend_name,
+        device,
+        cfg=cfg,
+        style=job.get("style", "chat_template"),
+        system_prompt=job.get("system_prompt"),
     )
     try:
         backend.setup(job["base_model"], cfg, out_dir)
@@ -95,7 +99,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def run_training_subprocess(job: dict[str, Any], log_path: Path | None = None, *, timeout_s: float | None = None):  # type: ignore[no-untyped-def]
+def run_training_subprocess(
+    job: dict[str, Any], log_path: Path | None = None, *, timeout_s: float | None = None
+):  # type: ignore[no-untyped-def]
     """Run ``job`` in a fresh ``python -m pumpl_assets.core.training.run`` and return its TrainResult.
 
     The job JSON is written next to the output (``out_dir/job.json``); the child's stdout and
@@ -117,9 +123,13 @@ def run_training_subprocess(job: dict[str, Any], log_path: Path | None = None, *
     cmd = [sys.executable, "-m", "pumpl_assets.core.training.run", "--job", str(job_path)]
     with open(log_path, "ab") as log_fh:
         try:
-            proc = subprocess.run(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s, check=False
+            )
         except subprocess.TimeoutExpired as e:
-            raise TrainingSubprocessError(f"training timed out after {timeout_s}s; log {log_path}:\n{_tail(log_path)}") from e
+            raise TrainingSubprocessError(
+                f"training timed out after {timeout_s}s; log {log_path}:\n{_tail(log_path)}"
+            ) from e
     if proc.returncode != 0 or not result_path.is_file():
         raise TrainingSubprocessError(
             f"training exited with code {proc.returncode}; log {log_path}:\n{_tail(log_path)}"
@@ -145,8 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # report cleanly; the parent shows the log tail
         logging.getLogger("pumpl.training").exception("training failed: %s", e)
         return 1
-    print("PUMPL_RESULT " + json.dumps({k: payload[k] for k in ("steps", "total_steps", "resumed_from_step",
-                                                                "tokens_per_s", "wall_s", "val_loss")}), flush=True)
+    print(
+        "PUMPL_RESULT "
+        + json.dumps(
+            {
+                k: payload[k]
+                for k in ("steps", "total_steps", "resumed_from_step", "tokens_per_s", "wall_s", "val_loss")
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -32,7 +32,9 @@ from pumpl_assets.core.training.peft_backend import PeftBackend, _dtype
 class UnslothBackend(PeftBackend):
     name = "unsloth"
 
-    def __init__(self, device: str = "cuda", *, style: str = "chat_template", system_prompt: str | None = None):
+    def __init__(
+        self, device: str = "cuda", *, style: str = "chat_template", system_prompt: str | None = None
+    ):
         if "unsloth" not in sys.modules and any(m in sys.modules for m in ("transformers", "peft", "trl")):
             raise BackendUnavailableError(
                 "the unsloth backend needs unsloth imported before transformers/peft/trl; this process "

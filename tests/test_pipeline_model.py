@@ -1,0 +1,71 @@
+"""The model half wired in Dagster, on a tiny random model (fast): gates fail on a model that is bad
+on merit, block everything downstream, and the registry's champion alias never moves for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pumpl_assets.common import DistillConfig, EvalConfig, QuantizeConfig, TrainConfig
+from pumpl_assets.core import settings
+from tests.pipeline_helpers import PARTITION, check_outcomes, materialized, run
+
+DATA_HALF = ["raw", "distilled", "validated", "merged", "split"]
+SMALL_EVAL = EvalConfig(limit=4, max_new_tokens=16, batch_size=4)
+
+
+@pytest.fixture()
+def tiny_partition(pumpl_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The smollm2-135m partition, pointed at a tiny random Llama with SmolLM2's tokenizer.
+    monkeypatch.setenv("PUMPL_MODEL_PATH_SMOLLM2_135M", str(tiny_model_dir))
+    return tiny_model_dir
+
+
+@pytest.mark.integration
+def test_zero_step_adapter_fails_its_gate_and_blocks_downstream(tiny_partition: Path) -> None:
+    result, _ = run(
+        [*DATA_HALF, "lora_adapter", "eval_report", "merged_model", "awq_model", "registry_entry"],
+        ops={"distilled": DistillConfig(n_examples=80), "lora_adapter": TrainConfig(max_steps=0)},
+    )
+    assert not result.success
+    checks = check_outcomes(result)
+    assert checks["lora_adapter:trained"] is False
+    done = materialized(result)
+    assert "lora_adapter" in done
+    assert not done & {"eval_report", "merged_model", "awq_model", "registry_entry"}
+
+
+@pytest.mark.integration
+def test_bad_model_fails_eval_gates_and_champion_never_moves(tiny_partition: Path) -> None:
+    from pumpl_assets.core.registry import Registry
+
+    ops = {
+        "distilled": DistillConfig(n_examples=80),
+        "lora_adapter": TrainConfig(max_steps=4, learning_rate=5e-3),
+        "eval_report": SMALL_EVAL,
+        "awq_model": QuantizeConfig(eval_limit=4, max_new_tokens=16, n_calibration=8),
+    }
+    result, instance = run(
+        [*DATA_HALF, "lora_adapter", "eval_report", "merged_model", "awq_model", "registry_entry"], ops=ops
+    )
+    assert not result.success
+    checks = check_outcomes(result)
+    # A random model writes no valid plan: the quality gate fails on merit.
+    assert checks["eval_report:schema_valid"] is False
+    done = materialized(result)
+    assert {"lora_adapter", "eval_report"} <= done
+    assert not done & {"merged_model", "awq_model", "registry_entry"}
+    eval_dir = settings.artifacts_dir(PARTITION, "eval_report")
+    assert (eval_dir / "summary.json").is_file()
+
+    # Forcing the rest of the graph anyway registers a version, but the alias does not move:
+    # registry_entry re-reads every gate and promotes only when all passed.
+    forced, _ = run(["merged_model", "awq_model", "registry_entry"], ops=ops, instance=instance)
+    assert "registry_entry" in materialized(forced)
+    fchecks = check_outcomes(forced)
+    assert fchecks["merged_model:parity"] is True
+    registry = Registry()
+    assert registry.get_champion(PARTITION) is None
+    awq_dir = settings.artifacts_dir(PARTITION, "awq_model") / "model"
+    assert (awq_dir / "config.json").is_file()

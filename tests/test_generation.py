@@ -76,7 +76,8 @@ def test_batched_equals_one_by_one_greedy(engine: HFEngine) -> None:
     batched = engine.generate(prompts, params)
     single = [engine.generate([p], params)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
-    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert [g.completion_tokens for g in batched] == [len(g.token_ids) for g in single]
     lens = [len(engine.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     assert [g.prompt_tokens for g in batched] == lens
     assert len(set(lens)) == 3  # really different lengths → real left padding
@@ -164,7 +165,8 @@ def test_end_of_turn_token_stops_a_row(engine: HFEngine) -> None:
     never emit the real EOS, so the stop set is pointed at a token the model does emit)."""
     prompts = prompts_for(engine, [REQ_A, REQ_B])
     params = GenerationParams(max_new_tokens=16)
-    ids = engine.tokenizer(engine.generate(prompts[:1], params)[0].text, add_special_tokens=False).input_ids
+    ids = engine.generate(prompts[:1], params)[0].token_ids
+    assert len(ids) == 16
     eos = ids[3]
     saved = engine.stop_token_ids
     engine.stop_token_ids = [eos]

@@ -266,6 +266,8 @@ class HFEngine:
         )
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._grammars: GrammarCache | None = None
+        # Timing of the last decode loop: steps, model forward seconds, grammar (mask + accept) seconds.
+        self.last_stats: dict[str, float] = {}
         self._lock = threading.Lock()  # one decode loop at a time per model
 
     # -- grammar ---------------------------------------------------------------------------
@@ -286,7 +288,10 @@ class HFEngine:
         rows: list[_Row] = []
         for step_rows in self._decode(prompts, params, json_schemas):
             rows = step_rows
-        return [Generation(r.text, r.prompt_tokens, len(r.tokens), r.finish_reason or "length") for r in rows]
+        return [
+            Generation(r.text, r.prompt_tokens, len(r.tokens), r.finish_reason or "length", list(r.tokens))
+            for r in rows
+        ]
 
     def stream(self, prompt: str, params: GenerationParams, json_schema: dict | None = None) -> Iterator[str]:
         """Yield text pieces of one generation as they are decoded (joined = ``generate`` text)."""
@@ -375,8 +380,11 @@ class HFEngine:
         active = list(range(n))  # rows still in the batch, in cache order
         cache: Any = None
         step_ids, step_pos = ids, positions
+        stats = {"steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(n)}
+        self.last_stats = stats
         with self._lock, torch.inference_mode():
             while active:
+                t0 = time.perf_counter()
                 out = self.model(
                     input_ids=step_ids.to(self.device),
                     attention_mask=mask.to(self.device),
@@ -387,6 +395,9 @@ class HFEngine:
                 )
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float().cpu()
+                t1 = time.perf_counter()
+                stats["model_s"] += t1 - t0
+                stats["steps"] += 1
                 if logits.shape[-1] > self.vocab_size:
                     logits = logits[:, : self.vocab_size]
                 constrained = [b for b, ri in enumerate(active) if rows[ri].matcher is not None]
@@ -394,13 +405,19 @@ class HFEngine:
                     for b in constrained:
                         rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
                     xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=constrained)
+                stats["grammar_s"] += time.perf_counter() - t1
                 next_tokens: list[int] = []
                 for b, ri in enumerate(active):
                     next_tokens.append(self._pick(logits[b], rows[ri]))
                 keep: list[int] = []
                 for b, ri in enumerate(active):
                     row, tok = rows[ri], next_tokens[b]
-                    self._advance(row, tok, stop_ids)
+                    if row.matcher is not None:
+                        t2 = time.perf_counter()
+                        self._advance(row, tok, stop_ids)
+                        stats["grammar_s"] += time.perf_counter() - t2
+                    else:
+                        self._advance(row, tok, stop_ids)
                     if row.finish_reason is None:
                         keep.append(b)
                 yield rows
@@ -601,6 +618,7 @@ class VLLMEngine:
                     prompt_tokens=len(o.prompt_token_ids or []),
                     completion_tokens=len(c.token_ids),
                     finish_reason="length" if c.finish_reason == "length" else "stop",
+                    token_ids=list(c.token_ids),
                 )
             )
         return result

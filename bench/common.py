@@ -193,7 +193,9 @@ def git_commit() -> str | None:
             text=True,
             timeout=10,
         )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        return (
+            out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -235,22 +237,23 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 # Machine probes (measured in the same run as the benchmark that uses them)
 
 
-def cpu_peak_flops(threads: int, *, n: int = 2048, reps: int = 5) -> dict[str, Any]:
-    """fp32 matmul FLOP/s with ``threads`` torch threads: best and median of ``reps`` (warm-up excluded)."""
+def cpu_peak_flops(threads: int, *, n: int = 2048, reps: int = 5, dtype: str = "float32") -> dict[str, Any]:
+    """Matmul FLOP/s in ``dtype`` with ``threads`` torch threads: best and median of ``reps`` (warm-up excluded)."""
     import torch
 
     torch.set_num_threads(threads)
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g)
-    b = torch.randn(n, n, generator=g)
-    c = torch.empty(n, n)
+    a = torch.randn(n, n, generator=g).to(dt)
+    b = torch.randn(n, n, generator=g).to(dt)
+    c = torch.empty(n, n, dtype=dt)
     torch.mm(a, b, out=c)  # warm-up
     rates = []
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
         rates.append(2.0 * n**3 / (time.perf_counter() - t0))
-    return {"best_flops": max(rates), "median_flops": median(rates), "n": n, "reps": reps, "dtype": "float32"}
+    return {"best_flops": max(rates), "median_flops": median(rates), "n": n, "reps": reps, "dtype": dtype}
 
 
 def mem_bandwidth(threads: int, *, mbytes: int = 256, reps: int = 5) -> dict[str, Any]:
@@ -267,7 +270,12 @@ def mem_bandwidth(threads: int, *, mbytes: int = 256, reps: int = 5) -> dict[str
         t0 = time.perf_counter()
         dst.copy_(src)
         rates.append(2.0 * n * 4 / (time.perf_counter() - t0))
-    return {"best_bytes_per_s": max(rates), "median_bytes_per_s": median(rates), "mbytes": mbytes, "reps": reps}
+    return {
+        "best_bytes_per_s": max(rates),
+        "median_bytes_per_s": median(rates),
+        "mbytes": mbytes,
+        "reps": reps,
+    }
 
 
 def param_stats(model: Any) -> dict[str, Any]:
@@ -329,6 +337,7 @@ def render_prompts(tokenizer: Any, requests: list[Any], style: str = "chat_templ
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from pumpl_assets.core.io import write_json_atomic
+    """Atomic JSON write that keeps key order (benchmarks in run order)."""
+    from pumpl_assets.core.io import write_text_atomic
 
-    write_json_atomic(path, json.loads(json.dumps(obj, default=str)))
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

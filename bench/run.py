@@ -25,7 +25,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, BenchResult, Context, fix_threads, fmt, machine_info, set_seeds, write_json
+from bench.common import (
+    REPO_ROOT,
+    BenchResult,
+    Context,
+    fix_threads,
+    fmt,
+    machine_info,
+    set_seeds,
+    write_json,
+)
 
 BENCHMARKS: tuple[str, ...] = ("train", "decode", "eval", "serving", "quant", "orchestration")
 REPORT_VERSION = 1
@@ -39,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="base model folder (default: the partition's)")
     p.add_argument("--partition", default="smollm2-135m")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default min(2, cores))")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 1)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (default 3, quick 1)"
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress log on stderr")
     return p.parse_args(argv)
@@ -162,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (TRL, datasets, llm-compressor) off
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     threads = args.threads or default_threads()
     fix_threads(threads)
     set_seeds(args.seed)
-    command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m bench.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     if args.model is None:
         from pumpl_assets.core.basemodel import ensure_base_model
         from pumpl_assets.core.catalogue import get_spec
@@ -211,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in res.metrics:
             print(m.line(), flush=True)
         if res.status != "ok":
-            print(f"{name}: {res.status.upper()} {res.error or ''} {'; '.join(res.notes)}".rstrip(), flush=True)
+            print(
+                f"{name}: {res.status.upper()} {res.error or ''} {'; '.join(res.notes)}".rstrip(), flush=True
+            )
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         write_report(out, build_report(command, ctx, machine, results, t0, done=False))
     report = build_report(command, ctx, machine, results, t0, done=True)

@@ -112,6 +112,7 @@ def main() -> int:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--rank", type=int)
     p.add_argument("--no-packing", action="store_true")
+    p.add_argument("--autocast-bf16", action="store_true", help="bf16 autocast, fp32 master weights")
     p.add_argument("--backend", choices=["auto", "peft", "unsloth"])
     p.add_argument("--eval-batch", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=300)
@@ -139,6 +140,8 @@ def main() -> int:
         overrides["alpha"] = 2 * args.rank
     if args.no_packing:
         overrides["packing"] = False
+    if args.autocast_bf16:
+        overrides["autocast_bf16"] = True
     cfg = spec.recipe.model_copy(update=overrides)
     base = ensure_base_model(spec)
     if not args.keep:

@@ -68,15 +68,12 @@ def check(
     name: str,
     passed: bool,
     description: str,
-    *,
-    asset: str | None = None,
     **metadata: Any,
 ) -> dg.AssetCheckResult:
     """A blocking gate result (ERROR severity, so a failure stops everything downstream)."""
     md = {"description": description, **{k: _md(v) for k, v in metadata.items()}}
     return dg.AssetCheckResult(
         check_name=name,
-        asset_key=asset,
         passed=bool(passed),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata=md,
@@ -187,12 +184,13 @@ class EvalConfig(dg.Config):
     limit: int | None = Field(default=32, ge=1, description="Test examples evaluated (None = all)")
     batch_size: int | None = Field(default=None, ge=1)
     include_base: bool = True
+    base_limit: int | None = Field(default=None, ge=1, description="Rows the base model generates for")
     max_new_tokens: int | None = Field(default=None, ge=8, le=2048)
 
 
 class QuantizeConfig(dg.Config):
     backend: str = Field(default="auto", description="auto | llmcompressor | autoawq")
-    n_calibration: int = Field(default=64, ge=1, le=4096)
+    n_calibration: int = Field(default=32, ge=1, le=4096)
     eval_limit: int | None = Field(default=32, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=8, le=2048)
 

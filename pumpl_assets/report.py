@@ -13,8 +13,16 @@ import sys
 from pumpl_assets.core import settings
 
 ASSETS = [
-    "raw", "distilled", "validated", "merged", "split",
-    "lora_adapter", "eval_report", "merged_model", "awq_model", "registry_entry",
+    "raw",
+    "distilled",
+    "validated",
+    "merged",
+    "split",
+    "lora_adapter",
+    "eval_report",
+    "merged_model",
+    "awq_model",
+    "registry_entry",
 ]
 
 
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = collect(args.partition)
     ok = True
-    print(f"| asset | materialized | wall s | gates |\n|---|---|---|---|")
+    print("| asset | materialized | wall s | gates |\n|---|---|---|---|")
     for r in rows:
         gates = ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in r["gates"].items()) or "-"
         wall = f"{r['wall_s']:.1f}" if isinstance(r["wall_s"], int | float) else "-"

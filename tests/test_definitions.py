@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import dagster as dg
 import pytest
 
 from pumpl_assets.core.catalogue import PARTITION_KEYS
 
 EXPECTED = [
-    "raw", "distilled", "validated", "merged", "split",
-    "lora_adapter", "eval_report", "merged_model", "awq_model", "registry_entry",
+    "raw",
+    "distilled",
+    "validated",
+    "merged",
+    "split",
+    "lora_adapter",
+    "eval_report",
+    "merged_model",
+    "awq_model",
+    "registry_entry",
 ]
 
 
@@ -35,7 +45,7 @@ def test_every_asset_present_and_shares_one_partitions_definition(defs: dg.Defin
 @pytest.mark.unit
 def test_lineage_is_the_documented_chain(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
-    for up, down in zip(EXPECTED, EXPECTED[1:], strict=False):
+    for up, down in itertools.pairwise(EXPECTED):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(down)).parent_keys}
         assert up in parents, f"{down} should depend on {up}; parents={parents}"
 
@@ -56,9 +66,7 @@ def test_every_check_is_blocking_and_every_gated_asset_has_checks(defs: dg.Defin
 @pytest.mark.unit
 def test_gpu_steps_use_the_gpu_pool(defs: dg.Definitions) -> None:
     graph = defs.resolve_asset_graph()
-    pools = {
-        k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()
-    }
+    pools = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()}
     for name in ("lora_adapter", "eval_report", "awq_model"):
         assert "gpu" in (pools[name] or set()), pools[name]
 

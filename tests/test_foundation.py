@@ -112,8 +112,12 @@ def test_body_only_is_always_available() -> None:
 @pytest.mark.unit
 def test_inference_request_bounds() -> None:
     InferenceRequest(prompt="x", max_tokens=10, temperature=0.5)
-    for bad in ({"prompt": ""}, {"prompt": "x", "max_tokens": 0}, {"prompt": "x", "temperature": 9},
-                {"prompt": "x", "nope": 1}):
+    for bad in (
+        {"prompt": ""},
+        {"prompt": "x", "max_tokens": 0},
+        {"prompt": "x", "temperature": 9},
+        {"prompt": "x", "nope": 1},
+    ):
         with pytest.raises(ValidationError):
             InferenceRequest.model_validate(bad)
 
@@ -140,7 +144,9 @@ def test_prompt_styles_and_env(tiny_model_dir: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.unit
-def test_catalogue_partitions_and_missing_model_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_catalogue_partitions_and_missing_model_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pumpl_assets.core.basemodel import check_model_available
 
     assert list(CATALOGUE) == ["smollm2-135m", "qwen3-4b", "llama-3.1-8b", "mistral-7b"]

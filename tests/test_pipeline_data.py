@@ -44,7 +44,10 @@ def test_bad_raw_files_fail_the_gate_and_block_everything_downstream(pumpl_env: 
         (junk / f"bad_{i}.jsonl").write_text('{"request": {"goal": "fly"}, "plan": {}}\n')
     result, _ = run(
         DATA_HALF,
-        ops={"raw": RawConfig(extra_dirs=[str(junk)], max_quarantine_rate=0.10), "distilled": DistillConfig(n_examples=60)},
+        ops={
+            "raw": RawConfig(extra_dirs=[str(junk)], max_quarantine_rate=0.10),
+            "distilled": DistillConfig(n_examples=60),
+        },
     )
     assert not result.success
     checks = check_outcomes(result)
@@ -61,7 +64,9 @@ def test_invalid_plans_fail_the_validation_gate_and_block_downstream(pumpl_env: 
     # Plans whose declared total_minutes is right but whose content is ~50% off: validation must catch them.
     raw_dir = settings.raw_dir()
     raw_dir.mkdir(parents=True)
-    shipped = [json.loads(x) for x in (settings.shipped_raw_dir() / "pairs.jsonl").read_text().splitlines() if x]
+    shipped = [
+        json.loads(x) for x in (settings.shipped_raw_dir() / "pairs.jsonl").read_text().splitlines() if x
+    ]
     bad = []
     for i, pair in enumerate(shipped * 3):
         plan = json.loads(json.dumps(pair["plan"]))

@@ -62,12 +62,14 @@ def convert_gguf(src: Path, dest: Path) -> Path:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     with atomic_path(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"gguf": src.name, "gguf_sha256": sha256_file(src), "converter": CONVERTER_VERSION}))
+        (tmp / MARKER).write_text(
+            json.dumps({"gguf": src.name, "gguf_sha256": sha256_file(src), "converter": CONVERTER_VERSION})
+        )
     return dest
 
 
@@ -100,7 +102,9 @@ def ensure_base_model(spec: BaseModelSpec) -> Path:
     )
 
 
-def build_tiny_model(dest: Path, tokenizer_source: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(
+    dest: Path, tokenizer_source: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
     """A tiny randomly-initialised Llama with a real tokenizer, for fast tests.
 
     Same architecture family and module names as SmolLM2 (q/k/v/o/gate/up/down

@@ -271,11 +271,15 @@ def evaluate_models(
     include_base: bool = True,
     limit: int | None = None,
     engine: HFEngine | None = None,
+    base_limit: int | None = None,
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
     ``engine`` may pass an already loaded :class:`HFEngine` (with the adapter applied
     unmerged when ``adapter_dir`` is given); otherwise one is loaded and closed here.
+    ``base_limit`` caps how many examples the *base* model generates for (a deterministic
+    subset by example id): an untuned base rambles to ``max_new_tokens`` on every row, and a
+    few rows are enough to show it; test loss is still computed on every example.
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -314,12 +318,17 @@ def evaluate_models(
             summary[f"{model}.test_loss"] = loss
             summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
             summary[f"{model}.answer_tokens"] = float(n_tok)
+            gen_examples = examples
+            if model == "base" and adapter_dir is not None and base_limit is not None:
+                keep = {e.example_id for e in sorted(examples, key=lambda e: e.example_id)[:base_limit]}
+                gen_examples = [e for e in examples if e.example_id in keep]
+            summary[f"{model}.n_generated"] = float(len(gen_examples))
             for mode in modes:
                 rows, metrics = _run_mode(
                     eng,
                     model,
                     mode,
-                    examples,
+                    gen_examples,
                     catalogue,
                     batch_size=batch_size,
                     max_new_tokens=max_new_tokens,

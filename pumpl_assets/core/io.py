@@ -55,11 +55,10 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
 
 
 def write_bytes_atomic(dest: Path | str, data: bytes) -> Path:
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(dest)
 
 

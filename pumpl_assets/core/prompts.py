@@ -69,7 +69,9 @@ def prompt_to_request(text: str) -> RequestSpec | None:
         found["days_per_week"] = int(m.group(1))
     m = _FIELD["limitations"].search(text)
     if m:
-        found["limitations"] = [x.strip().lower() for x in m.group(1).split(",") if x.strip().lower() in LIMITATIONS]
+        found["limitations"] = [
+            x.strip().lower() for x in m.group(1).split(",") if x.strip().lower() in LIMITATIONS
+        ]
     if not {"level", "equipment"} <= found.keys():
         return None
     found.setdefault("goal", "general_fitness")
@@ -108,7 +110,9 @@ def render_prompt(
         raise ValueError(f"unknown prompt style {style!r}; use chat_template or mistral_inst")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("tokenizer has no chat template; set PUMPL_PROMPT_STYLE=mistral_inst or add one")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}
+    ]
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
@@ -126,7 +130,8 @@ def answer_suffix(tokenizer: ChatTokenizer, style: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         text = str(
             tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
+                tokenize=False,
             )
         )
         if _SENTINEL in text:

@@ -24,7 +24,9 @@ PromptStyle = Literal["auto", "chat_template", "mistral_inst"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
-DEFAULT_SYSTEM_PROMPT = "You are Pumpl, a strength coach. Reply with one JSON workout plan that fits the request."
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Pumpl, a strength coach. Reply with one JSON workout plan that fits the request."
+)
 
 
 def _path_env(name: str, default: Path) -> Path:
@@ -78,9 +80,7 @@ def base_model_key() -> str:
 def prompt_style() -> PromptStyle:
     value = os.environ.get("PUMPL_PROMPT_STYLE", "auto")
     if value not in ("auto", "chat_template", "mistral_inst"):
-        raise ValueError(
-            f"PUMPL_PROMPT_STYLE={value!r} is not one of auto, chat_template, mistral_inst"
-        )
+        raise ValueError(f"PUMPL_PROMPT_STYLE={value!r} is not one of auto, chat_template, mistral_inst")
     return cast(PromptStyle, value)
 
 

@@ -4,7 +4,6 @@ Thin assets: read inputs, call one core function, write atomically, return
 MaterializeResult with metadata and blocking gate results.
 """
 
-
 import os
 from pathlib import Path
 
@@ -54,7 +53,9 @@ def _catalogue(partition: str) -> ExerciseCatalogue:
     check_specs=[
         gate_spec("quarantine_rate", "raw", "Share of raw rows quarantined is under the configured maximum"),
         gate_spec("min_exercises", "raw", "The exercise catalogue has enough exercises to plan with"),
-        gate_spec("plannable_levels", "raw", "Every level has body-only exercises (any request is plannable)"),
+        gate_spec(
+            "plannable_levels", "raw", "Every level has body-only exercises (any request is plannable)"
+        ),
     ],
     description="Every raw file (shipped defaults + <data root>/raw) normalized into exercise and pair tables; "
     "bad files/rows quarantined with a reason.",
@@ -79,13 +80,24 @@ def raw(context: dg.AssetExecutionContext, config: RawConfig) -> dg.MaterializeR
     cat = ExerciseCatalogue.from_frame(result.exercises)
     plannable = {lvl: len(cat.suitable(lvl, ["body only"])) for lvl in ("beginner", "intermediate", "expert")}
     checks = [
-        check("quarantine_rate", rate <= config.max_quarantine_rate,
-              f"{quarantined}/{rows_in} rows quarantined ({rate:.1%}); max {config.max_quarantine_rate:.0%}",
-              quarantine_rate=rate),
-        check("min_exercises", len(cat) >= config.min_exercises,
-              f"{len(cat)} exercises; need ≥ {config.min_exercises}", exercises=len(cat)),
-        check("plannable_levels", min(plannable.values()) >= 6,
-              f"body-only exercises per level: {plannable}", **{f"body_only_{k}": v for k, v in plannable.items()}),
+        check(
+            "quarantine_rate",
+            rate <= config.max_quarantine_rate,
+            f"{quarantined}/{rows_in} rows quarantined ({rate:.1%}); max {config.max_quarantine_rate:.0%}",
+            quarantine_rate=rate,
+        ),
+        check(
+            "min_exercises",
+            len(cat) >= config.min_exercises,
+            f"{len(cat)} exercises; need ≥ {config.min_exercises}",
+            exercises=len(cat),
+        ),
+        check(
+            "plannable_levels",
+            min(plannable.values()) >= 6,
+            f"body-only exercises per level: {plannable}",
+            **{f"body_only_{k}": v for k, v in plannable.items()},
+        ),
     ]
     # Content only: where the repo lives (source_file paths) must not change the data version.
     data_version = sha256_text(
@@ -108,7 +120,9 @@ def raw(context: dg.AssetExecutionContext, config: RawConfig) -> dg.MaterializeR
                 }
             ),
             "per_file": frame_preview(result.files, 20),
-            "quarantine_preview": frame_preview(result.quarantine.select("source_file", "row_ref", "reason"), 10),
+            "quarantine_preview": frame_preview(
+                result.quarantine.select("source_file", "row_ref", "reason"), 10
+            ),
         },
         check_results=checks,
         data_version=dg.DataVersion(data_version),
@@ -125,7 +139,9 @@ def raw(context: dg.AssetExecutionContext, config: RawConfig) -> dg.MaterializeR
     code_version=code_version("distilled-1", DistillConfig().model_dump()),
     kinds={"anthropic"},
     check_specs=[
-        gate_spec("teacher_failure_rate", "distilled", "Share of requests the teacher failed is under the maximum"),
+        gate_spec(
+            "teacher_failure_rate", "distilled", "Share of requests the teacher failed is under the maximum"
+        ),
         gate_spec("min_rows", "distilled", "Enough distilled examples to train on"),
     ],
     description="Request specs (seeded, stratified) answered by a teacher: Claude, or the offline planner.",
@@ -162,9 +178,18 @@ def distilled(
     n = len(requests)
     fail_rate = result.quarantine.height / n if n else 1.0
     checks = [
-        check("teacher_failure_rate", fail_rate <= config.max_failure_rate,
-              f"{result.quarantine.height}/{n} requests failed ({fail_rate:.1%})", failure_rate=fail_rate),
-        check("min_rows", result.rows.height >= min(50, n), f"{result.rows.height} examples", rows=result.rows.height),
+        check(
+            "teacher_failure_rate",
+            fail_rate <= config.max_failure_rate,
+            f"{result.quarantine.height}/{n} requests failed ({fail_rate:.1%})",
+            failure_rate=fail_rate,
+        ),
+        check(
+            "min_rows",
+            result.rows.height >= min(50, n),
+            f"{result.rows.height} examples",
+            rows=result.rows.height,
+        ),
     ]
     write_gates(out_dir(context), checks)
     return dg.MaterializeResult(
@@ -201,7 +226,9 @@ def distilled(
     code_version=code_version("validated-1", ValidateConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid_100", "validated", "Every accepted plan parses as WorkoutPlanResponse"),
-        gate_spec("quarantine_rate", "validated", "Share of examples failing validation is under the maximum"),
+        gate_spec(
+            "quarantine_rate", "validated", "Share of examples failing validation is under the maximum"
+        ),
         gate_spec("min_rows", "validated", "Enough validated examples"),
     ],
     description="JSON, schema and fitness-domain validation (computed duration ±10%, catalogue exercises, "
@@ -230,12 +257,24 @@ def validated(context: dg.AssetExecutionContext, config: ValidateConfig) -> dg.M
     reparsed = sum(1 for s in accepted["plan_json"] if _parses(s))
     rate = quarantine.height / rows.height if rows.height else 1.0
     checks = [
-        check("schema_valid_100", reparsed == accepted.height,
-              f"{reparsed}/{accepted.height} accepted plans re-parse", schema_valid=reparsed / max(1, accepted.height)),
-        check("quarantine_rate", rate <= config.max_quarantine_rate,
-              f"{quarantine.height}/{rows.height} quarantined ({rate:.1%})", quarantine_rate=rate),
-        check("min_rows", accepted.height >= config.min_rows, f"{accepted.height} rows; need ≥ {config.min_rows}",
-              rows=accepted.height),
+        check(
+            "schema_valid_100",
+            reparsed == accepted.height,
+            f"{reparsed}/{accepted.height} accepted plans re-parse",
+            schema_valid=reparsed / max(1, accepted.height),
+        ),
+        check(
+            "quarantine_rate",
+            rate <= config.max_quarantine_rate,
+            f"{quarantine.height}/{rows.height} quarantined ({rate:.1%})",
+            quarantine_rate=rate,
+        ),
+        check(
+            "min_rows",
+            accepted.height >= config.min_rows,
+            f"{accepted.height} rows; need ≥ {config.min_rows}",
+            rows=accepted.height,
+        ),
     ]
     write_gates(out_dir(context), checks)
     return dg.MaterializeResult(
@@ -287,7 +326,9 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
     v = pl.read_parquet(upstream_dir(context.partition_key, "validated") / "validated.parquet")
     with timed() as t:
-        df, counts = merge_examples(v.filter(pl.col("source") == "raw"), v.filter(pl.col("source") == "distilled"))
+        df, counts = merge_examples(
+            v.filter(pl.col("source") == "raw"), v.filter(pl.col("source") == "distilled")
+        )
     d = out_dir(context)
     write_parquet_atomic(d / "merged.parquet", df)
     dupes = df.height - df.select("example_id").n_unique()
@@ -336,7 +377,9 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
     style = resolve_style(spec.prompt_style)
     with timed() as t:
         df = split_examples(df)
-        rendered, render_report = render_for_model(df, tokenizer, style, spec.max_seq_len, settings.system_prompt())
+        rendered, render_report = render_for_model(
+            df, tokenizer, style, spec.max_seq_len, settings.system_prompt()
+        )
         stats = split_stats(rendered)
         paths = write_split_files(rendered, out_dir(context))
     n = rendered.height
@@ -346,18 +389,34 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
     gate_applies = n >= config.min_rows_for_proportion_gate
     too_long = int(render_report["too_long"])
     checks = [
-        check("proportions", (worst <= config.proportion_tolerance) if gate_applies else True,
-              f"largest deviation {worst:.3f} over n={n}"
-              + ("" if gate_applies else f" (gate applies from n ≥ {config.min_rows_for_proportion_gate})"),
-              max_deviation=worst, **{f"share_{k}": float(v) for k, v in props.items()}),
-        check("no_leakage", stats["request_leakage"] == 0 and stats["plan_leakage"] == 0,
-              f"{stats['request_leakage']} requests and {stats['plan_leakage']} plans in more than one split",
-              leaked_requests=stats["request_leakage"], leaked_plans=stats["plan_leakage"]),
-        check("min_rows_per_split", min(stats["counts"].get(k, 0) for k in target) >= 1,
-              f"counts {stats['counts']}", **{f"n_{k}": int(v) for k, v in stats["counts"].items()}),
-        check("fits_context", too_long <= config.max_too_long_rate * max(n, 1),
-              f"{too_long}/{n} examples exceed max_seq_len={spec.max_seq_len}", too_long=too_long,
-              max_tokens=int(render_report.get("max_tokens", 0))),
+        check(
+            "proportions",
+            (worst <= config.proportion_tolerance) if gate_applies else True,
+            f"largest deviation {worst:.3f} over n={n}"
+            + ("" if gate_applies else f" (gate applies from n ≥ {config.min_rows_for_proportion_gate})"),
+            max_deviation=worst,
+            **{f"share_{k}": float(v) for k, v in props.items()},
+        ),
+        check(
+            "no_leakage",
+            stats["request_leakage"] == 0 and stats["plan_leakage"] == 0,
+            f"{stats['request_leakage']} requests and {stats['plan_leakage']} plans in more than one split",
+            leaked_requests=stats["request_leakage"],
+            leaked_plans=stats["plan_leakage"],
+        ),
+        check(
+            "min_rows_per_split",
+            min(stats["counts"].get(k, 0) for k in target) >= 1,
+            f"counts {stats['counts']}",
+            **{f"n_{k}": int(v) for k, v in stats["counts"].items()},
+        ),
+        check(
+            "fits_context",
+            too_long <= config.max_too_long_rate * max(n, 1),
+            f"{too_long}/{n} examples exceed max_seq_len={spec.max_seq_len}",
+            too_long=too_long,
+            max_tokens=int(render_report.get("max_tokens", 0)),
+        ),
     ]
     write_gates(out_dir(context), checks)
     return dg.MaterializeResult(
@@ -381,5 +440,3 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
             frame_hash(rendered.select("example_id", "split", "full_text").sort("example_id"))[:16]
         ),
     )
-
-

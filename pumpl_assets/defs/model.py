@@ -8,6 +8,7 @@ transformers; the code server stays clean); steps that hold the accelerator use 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -91,7 +92,7 @@ def lora_adapter(
     from pumpl_assets.core.dataset import to_training_examples
     from pumpl_assets.core.merge import AdapterError, verify_adapter
     from pumpl_assets.core.prompts import resolve_style
-    from pumpl_assets.core.training import run_training_subprocess
+    from pumpl_assets.core.training.run import run_training_subprocess
 
     spec = spec_for(context)
     base = _base(context)
@@ -140,23 +141,48 @@ def lora_adapter(
         integrity, integrity_msg = True, f"{len(info) if hasattr(info, '__len__') else 'ok'}"
     except AdapterError as exc:
         integrity, integrity_msg = False, str(exc)
-    head = sum(losses[: max(1, len(losses) // 5)]) / max(1, len(losses[: max(1, len(losses) // 5)])) if losses else float("nan")
-    tail = sum(losses[-max(1, len(losses) // 5):]) / max(1, len(losses[-max(1, len(losses) // 5):])) if losses else float("nan")
+    head = (
+        sum(losses[: max(1, len(losses) // 5)]) / max(1, len(losses[: max(1, len(losses) // 5)]))
+        if losses
+        else float("nan")
+    )
+    tail = (
+        sum(losses[-max(1, len(losses) // 5) :]) / max(1, len(losses[-max(1, len(losses) // 5) :]))
+        if losses
+        else float("nan")
+    )
     checks = [
-        check("trained", result.steps > 0, f"{result.steps} optimizer steps", steps=result.steps),
-        check("loss_improved", bool(losses) and all(math.isfinite(x) for x in losses) and tail < head,
-              f"loss {head:.3f} → {tail:.3f}", first_loss=head, last_loss=tail),
+        # total_steps: the adapter's optimizer steps, counting those before a resume.
+        check(
+            "trained",
+            result.total_steps > 0,
+            f"{result.total_steps} optimizer steps ({result.steps} in this run)",
+            steps=result.total_steps,
+        ),
+        check(
+            "loss_improved",
+            bool(losses) and all(math.isfinite(x) for x in losses) and tail < head,
+            f"loss {head:.3f} → {tail:.3f}",
+            first_loss=head,
+            last_loss=tail,
+        ),
         check("adapter_integrity", integrity, integrity_msg, adapter_dir=adapter_dir),
     ]
     write_gates(d, checks)
     registry = mlflow.registry()
     with registry.start_run(f"pumpl-{context.partition_key}", "lora_adapter", _mlflow_tags(context)):
-        registry.log_params({**{f"recipe.{k}": v for k, v in cfg.model_dump().items()}, "backend": result.backend})
+        registry.log_params(
+            {**{f"recipe.{k}": v for k, v in cfg.model_dump().items()}, "backend": result.backend}
+        )
         for step, loss in result.train_loss:
             registry.log_metrics({"train_loss": loss}, step=step)
         registry.log_metrics(
-            {"tokens_per_s": result.tokens_per_s, "peak_rss_mb": result.peak_rss_mb, "wall_s": result.wall_s,
-             **({"val_loss": result.val_loss} if result.val_loss is not None else {})}
+            {
+                "tokens_per_s": result.tokens_per_s,
+                "peak_rss_mb": result.peak_rss_mb,
+                "wall_s": result.wall_s,
+                **({"val_loss": result.val_loss} if result.val_loss is not None else {}),
+            }
         )
         if (d / "loss.png").is_file():
             registry.log_artifact(d / "loss.png")
@@ -165,8 +191,11 @@ def lora_adapter(
             **metadata(
                 {
                     "backend": result.backend,
-                    "steps": result.steps,
-                    "resumed_from_step": result.resumed_from_step if result.resumed_from_step is not None else -1,
+                    "steps": result.total_steps,
+                    "steps_this_run": result.steps,
+                    "resumed_from_step": result.resumed_from_step
+                    if result.resumed_from_step is not None
+                    else -1,
                     "tokens_per_s": result.tokens_per_s,
                     "train_tokens": result.train_tokens,
                     "peak_rss_mb": result.peak_rss_mb,
@@ -194,13 +223,21 @@ def lora_adapter(
     code_version=code_version("eval-1", _GATES, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
-        gate_spec("adherence_constrained", "eval_report", "Request adherence with request-aware constrained decoding"),
+        gate_spec(
+            "adherence_constrained",
+            "eval_report",
+            "Request adherence with request-aware constrained decoding",
+        ),
         gate_spec("better_than_base", "eval_report", "The adapter beats the base model"),
-        gate_spec("not_worse_than_champion", "eval_report", "Champion/challenger: no regression beyond tolerance"),
+        gate_spec(
+            "not_worse_than_champion", "eval_report", "Champion/challenger: no regression beyond tolerance"
+        ),
     ],
     description="Base vs adapter on the test split, unconstrained and constrained: validity, adherence, loss.",
 )
-def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource) -> dg.MaterializeResult:
+def eval_report(
+    context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource
+) -> dg.MaterializeResult:
     from pumpl_assets.core.evaluate import evaluate_models, write_eval_outputs
     from pumpl_assets.core.prompts import resolve_style
 
@@ -212,13 +249,17 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: M
     adapter_dir = upstream_dir(p, "lora_adapter") / "adapter"
     with timed() as t:
         report = evaluate_models(
-            base, adapter_dir, test, cat,
+            base,
+            adapter_dir,
+            test,
+            cat,
             style=resolve_style(spec.prompt_style),
             system_prompt=settings.system_prompt(),
             batch_size=config.batch_size or spec.eval_batch_size,
             max_new_tokens=config.max_new_tokens or spec.eval_max_new_tokens,
             include_base=config.include_base,
             limit=config.limit,
+            base_limit=config.base_limit if config.base_limit is not None else spec.eval_base_limit,
         )
         d = out_dir(context)
         paths = write_eval_outputs(report, d)
@@ -230,7 +271,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: M
     base_sv = s.get("base.unconstrained.schema_valid")
     base_adh = s.get("base.constrained.adherence")
     better = (
-        True if base_sv is None
+        True
+        if base_sv is None
         else (sv > base_sv or (sv == base_sv and adh > (base_adh or 0.0)))
         and s.get("adapter.test_loss", math.inf) < s.get("base.test_loss", math.inf)
     )
@@ -242,35 +284,56 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: M
         champ_ok = sv >= c_sv - g.champion_tolerance and adh >= c_adh - g.champion_tolerance
         champ_msg = f"challenger sv={sv:.3f} adh={adh:.3f} vs champion v{champion.version} sv={c_sv:.3f} adh={c_adh:.3f}"
     checks = [
-        check("schema_valid", sv >= g.min_schema_valid, f"{sv:.1%} schema-valid; need ≥ {g.min_schema_valid:.0%}",
-              schema_valid=sv),
-        check("adherence_constrained", adh >= g.min_adherence_constrained,
-              f"{adh:.1%} adherent (constrained); need ≥ {g.min_adherence_constrained:.0%}; "
-              f"unconstrained {s.get('adapter.unconstrained.adherence', 0.0):.1%}",
-              adherence_constrained=adh, adherence_unconstrained=s.get("adapter.unconstrained.adherence", 0.0)),
-        check("better_than_base", better,
-              f"adapter sv={sv:.3f} loss={s.get('adapter.test_loss', math.nan):.3f} vs base "
-              f"sv={base_sv} loss={s.get('base.test_loss', math.nan):.3f}"),
+        check(
+            "schema_valid",
+            sv >= g.min_schema_valid,
+            f"{sv:.1%} schema-valid; need ≥ {g.min_schema_valid:.0%}",
+            schema_valid=sv,
+        ),
+        check(
+            "adherence_constrained",
+            adh >= g.min_adherence_constrained,
+            f"{adh:.1%} adherent (constrained); need ≥ {g.min_adherence_constrained:.0%}; "
+            f"unconstrained {s.get('adapter.unconstrained.adherence', 0.0):.1%}",
+            adherence_constrained=adh,
+            adherence_unconstrained=s.get("adapter.unconstrained.adherence", 0.0),
+        ),
+        check(
+            "better_than_base",
+            better,
+            f"adapter sv={sv:.3f} loss={s.get('adapter.test_loss', math.nan):.3f} vs base "
+            f"sv={base_sv} loss={s.get('base.test_loss', math.nan):.3f}",
+        ),
         check("not_worse_than_champion", champ_ok, champ_msg),
     ]
     write_gates(d, checks)
     write_json_atomic(d / "summary_for_registry.json", s)
     registry = mlflow.registry()
     with registry.start_run(f"pumpl-{p}", "eval_report", _mlflow_tags(context)):
-        registry.log_metrics({k.replace("@", "_"): float(v) for k, v in s.items() if isinstance(v, int | float)})
+        registry.log_metrics(
+            {k.replace("@", "_"): float(v) for k, v in s.items() if isinstance(v, int | float)}
+        )
         for path in paths.values():
             if Path(path).suffix in (".png", ".json"):
                 registry.log_artifact(Path(path))
     plots = {f"plot_{Path(v).stem}": _png_md(Path(v)) for v in paths.values() if Path(v).suffix == ".png"}
     return dg.MaterializeResult(
         metadata={
-            **metadata({"summary": s, "n_test": int(test.height), "wall_s": t["wall_s"],
-                        **{f"path_{k}": v for k, v in paths.items()}}),
+            **metadata(
+                {
+                    "summary": s,
+                    "n_test": int(test.height),
+                    "wall_s": t["wall_s"],
+                    **{f"path_{k}": v for k, v in paths.items()},
+                }
+            ),
             **{k: dg.MetadataValue.float(float(v)) for k, v in s.items() if isinstance(v, int | float)},
             **plots,
         },
         check_results=checks,
-        data_version=dg.DataVersion(sha256_tree(d / "summary.json")[:16] if (d / "summary.json").exists() else "none"),
+        data_version=dg.DataVersion(
+            sha256_tree(d / "summary.json")[:16] if (d / "summary.json").exists() else "none"
+        ),
     )
 
 
@@ -283,7 +346,9 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, mlflow: M
     deps=["lora_adapter", "eval_report", "split"],
     code_version=code_version("merged-model-1", _GATES),
     kinds={"huggingface"},
-    check_specs=[gate_spec("parity", "merged_model", "Merged model reproduces the adapter (tokens and logits)")],
+    check_specs=[
+        gate_spec("parity", "merged_model", "Merged model reproduces the adapter (tokens and logits)")
+    ],
     description="Adapter merged into the full-precision base, saved as a Hugging Face folder.",
 )
 def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -298,22 +363,31 @@ def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         merged_dir = merge_adapter(base, adapter_dir, d / "model")
         prompts = _golden_prompts(p, spec)
         parity = parity_check(
-            base, adapter_dir, merged_dir, prompts,
+            base,
+            adapter_dir,
+            merged_dir,
+            prompts,
             min_token_agreement=spec.gates.min_merge_token_agreement,
             max_logit_diff=spec.gates.max_merge_logit_diff,
         )
     checks = [
-        check("parity", parity.ok,
-              f"token agreement {parity.token_agreement:.4f} (≥ {spec.gates.min_merge_token_agreement}); "
-              f"max |Δlogit| {parity.max_abs_logit_diff:.2e} (≤ {spec.gates.max_merge_logit_diff})",
-              token_agreement=parity.token_agreement, max_abs_logit_diff=parity.max_abs_logit_diff,
-              n_prompts=parity.n_prompts)
+        check(
+            "parity",
+            parity.ok,
+            f"token agreement {parity.token_agreement:.4f} (≥ {spec.gates.min_merge_token_agreement}); "
+            f"max |Δlogit| {parity.max_abs_logit_diff:.2e} (≤ {spec.gates.max_merge_logit_diff})",
+            token_agreement=parity.token_agreement,
+            max_abs_logit_diff=parity.max_abs_logit_diff,
+            n_prompts=parity.n_prompts,
+        )
     ]
     write_gates(d, checks)
     from pumpl_assets.core.quantize import model_size_bytes
 
     return dg.MaterializeResult(
-        metadata=metadata({"path": merged_dir, "size_mb": model_size_bytes(merged_dir) / 1e6, "wall_s": t["wall_s"]}),
+        metadata=metadata(
+            {"path": merged_dir, "size_mb": model_size_bytes(merged_dir) / 1e6, "wall_s": t["wall_s"]}
+        ),
         check_results=checks,
         data_version=dg.DataVersion(sha256_tree(merged_dir)[:16]),
     )
@@ -353,7 +427,9 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     train = pl.read_parquet(split_dir / "train.parquet")
     calib = [str(x) for x in train.sort("example_id")["full_text"].head(config.n_calibration)]
     cfg = json.loads((merged_dir / "config.json").read_text())
-    group = fit_group_size(int(cfg["hidden_size"]), int(cfg["intermediate_size"]), preferred=spec.awq_group_size)
+    group = fit_group_size(
+        int(cfg["hidden_size"]), int(cfg["intermediate_size"]), preferred=spec.awq_group_size
+    )
     d = out_dir(context)
     with timed() as t:
         quantizer = select_quantizer(config.backend, spec.device)
@@ -361,7 +437,7 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     # Schema-valid rate of the AWQ model vs the merged model, same test rows, same decoding.
     test = pl.read_parquet(split_dir / "test.parquet")
     cat = ExerciseCatalogue.from_parquet(upstream_dir(p, "raw") / "exercises.parquet")
-    kw = {
+    kw: dict[str, Any] = {
         "style": resolve_style(spec.prompt_style),
         "system_prompt": settings.system_prompt(),
         "batch_size": spec.eval_batch_size,
@@ -377,12 +453,19 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     awq_sv = float(awq_eval.summary.get("base.unconstrained.schema_valid", 0.0))
     drop = merged_sv - awq_sv
     checks = [
-        check("size_ratio", q.size_ratio <= spec.gates.max_awq_size_ratio,
-              f"{q.size_bytes / 1e6:.1f} MB / {q.source_size_bytes / 1e6:.1f} MB = {q.size_ratio:.3f}",
-              size_ratio=q.size_ratio),
-        check("schema_valid_drop", drop <= spec.gates.max_awq_schema_drop,
-              f"merged {merged_sv:.1%} → awq {awq_sv:.1%} (drop {drop * 100:.1f} points)",
-              merged_schema_valid=merged_sv, awq_schema_valid=awq_sv),
+        check(
+            "size_ratio",
+            q.size_ratio <= spec.gates.max_awq_size_ratio,
+            f"{q.size_bytes / 1e6:.1f} MB / {q.source_size_bytes / 1e6:.1f} MB = {q.size_ratio:.3f}",
+            size_ratio=q.size_ratio,
+        ),
+        check(
+            "schema_valid_drop",
+            drop <= spec.gates.max_awq_schema_drop,
+            f"merged {merged_sv:.1%} → awq {awq_sv:.1%} (drop {drop * 100:.1f} points)",
+            merged_schema_valid=merged_sv,
+            awq_schema_valid=awq_sv,
+        ),
     ]
     write_gates(d, checks)
     write_json_atomic(d / "awq_eval.json", {"summary": awq_eval.summary, "merged_schema_valid": merged_sv})
@@ -441,8 +524,9 @@ def registry_entry(
         **{f"metric.{k}": f"{v:.6g}" for k, v in summary.items() if isinstance(v, int | float)},
     }
     with registry.start_run(f"pumpl-{p}", "registry_entry", _mlflow_tags(context)) as run_id:
-        version = registry.register_version(p, awq_dir, run_id=run_id, tags=tags,
-                                            description=f"Dagster run {context.run_id}")
+        version = registry.register_version(
+            p, awq_dir, run_id=run_id, tags=tags, description=f"Dagster run {context.run_id}"
+        )
     promoted = False
     if config.promote and all_passed:
         registry.set_champion(p, version)
@@ -466,10 +550,16 @@ def registry_entry(
 
 def _latest_data_version(context: dg.AssetExecutionContext, asset: str) -> str:
     try:
-        record = context.instance.get_latest_data_version_record(dg.AssetKey(asset), partition_key=context.partition_key)
+        record = context.instance.get_latest_data_version_record(
+            dg.AssetKey(asset), partition_key=context.partition_key
+        )
         if record is not None:
-            dv = record.asset_materialization.tags.get("dagster/data_version") if record.asset_materialization else None  # type: ignore[union-attr]
+            dv = (
+                record.asset_materialization.tags.get("dagster/data_version")
+                if record.asset_materialization
+                else None
+            )  # type: ignore[union-attr]
             return str(dv or "unknown")
-    except Exception:  # noqa: BLE001 — provenance is best-effort metadata, never a reason to fail
+    except Exception:
         pass
     return "unknown"

@@ -1,6 +1,5 @@
 """Resources: MLflow (tracking + registry) and the teacher's connection settings."""
 
-
 import dagster as dg
 
 from pumpl_assets.core import settings

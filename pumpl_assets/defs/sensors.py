@@ -1,6 +1,5 @@
 """Retraining: a sensor on the raw folder and the job it launches."""
 
-
 import json
 from pathlib import Path
 

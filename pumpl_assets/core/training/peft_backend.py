@@ -193,11 +193,22 @@ class PeftBackend:
         decoder = getattr(causal_lm, "model", None)
         lm_head = getattr(causal_lm, "lm_head", None)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        if decoder is not None and lm_head is not None:
-            hidden = decoder(**inputs, use_cache=False).last_hidden_state[:, :-1]
-            logits = lm_head(hidden[keep]).float()
-        else:  # unknown architecture layout: full logits
-            logits = self.model(**inputs, use_cache=False).logits[:, :-1][keep].float()
+        import contextlib
+
+        import torch
+
+        use_amp = bool(self.cfg is not None and self.cfg.autocast_bf16)
+        amp = (
+            torch.autocast(device_type=str(self.device).split(":")[0], dtype=torch.bfloat16)
+            if use_amp
+            else contextlib.nullcontext()
+        )
+        with amp:
+            if decoder is not None and lm_head is not None:
+                hidden = decoder(**inputs, use_cache=False).last_hidden_state[:, :-1]
+                logits = lm_head(hidden[keep]).float()
+            else:  # unknown architecture layout: full logits
+                logits = self.model(**inputs, use_cache=False).logits[:, :-1][keep].float()
         loss = F.cross_entropy(logits, shift_labels[keep], reduction="sum")
         return loss, n
 
@@ -281,8 +292,12 @@ class PeftBackend:
             tok_train, packing=packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
         )
         total = math.ceil(cfg.epochs * per_epoch / cfg.grad_accum) if cfg.epochs else cfg.max_steps
-        if total <= 0:
-            raise ValueError("the recipe trains 0 steps (max_steps=0 and no epochs)")
+        if total < 0:
+            raise ValueError(f"max_steps must be >= 0, got {total}")
+        if total == 0:
+            # Allowed on purpose: an untrained (identity) adapter is written and reported with
+            # steps=0, so the Dagster gate — not a crash — is what rejects it.
+            log.warning("the recipe trains 0 steps (max_steps=0 and no epochs): writing an untrained adapter")
 
         fingerprint = self._fingerprint(tok_train)
         params = self._trainable()

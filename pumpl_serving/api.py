@@ -188,7 +188,18 @@ class _ModelWorker:
         self.last_error: str | None = None
         ref = self.source.resolve()
         t0 = time.perf_counter()
-        engine = self._load(ref)
+        try:
+            engine = self._load(ref)
+        except Exception as exc:
+            # Name the folder and the cause up front; the traceback alone rarely names the bad file.
+            logging.getLogger(__name__).error(
+                "cannot load model %s (engine %s): %s: %s",
+                getattr(ref, "path", ref),
+                self.cfg.engine,
+                type(exc).__name__,
+                exc,
+            )
+            raise
         self.slot = EngineSlot(Loaded(ref=ref, engine=engine, load_seconds=time.perf_counter() - t0))
         self.poller: RegistryPoller | None = None
         if isinstance(self.source, RegistrySource) and self.cfg.poll_interval > 0:
@@ -356,14 +367,27 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                     job.error = exc
                 except ValidationError as exc:
                     job.error = ItemError(422, f"equipment/level do not form a valid request: {exc}")
-            gens = (
-                engine.generate(
-                    [j.prompt for j in runnable], [j.params for j in runnable], [j.schema for j in runnable]
+            by_job: dict[int, Any] = {}
+            try:
+                gens = (
+                    engine.generate(
+                        [j.prompt for j in runnable],
+                        [j.params for j in runnable],
+                        [j.schema for j in runnable],
+                    )
+                    if runnable
+                    else []
                 )
-                if runnable
-                else []
-            )
-            by_job = {id(j): g for j, g in zip(runnable, gens, strict=True)}
+                by_job = {id(j): g for j, g in zip(runnable, gens, strict=True)}
+            except Exception:
+                if len(runnable) <= 1:
+                    raise
+                # One bad row must not fail the requests it was batched with: retry row by row.
+                for j in runnable:
+                    try:
+                        by_job[id(j)] = engine.generate([j.prompt], [j.params], [j.schema])[0]
+                    except Exception as exc:
+                        j.error = ItemError(500, f"generation failed: {type(exc).__name__}")
             outputs: list[Any] = []
             now = time.perf_counter()
             for job in jobs:
@@ -450,6 +474,11 @@ class PumplOpenAISpec(OpenAISpec):
 
     async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks):
         validate_chat_request(request)
+        # Explicit nulls for optional fields mean "default" (LitServe would iterate range(None)).
+        if request.n is None:
+            request.n = 1
+        if request.model is None:
+            request.model = ""
         return await super().chat_completion(request, background_tasks)
 
 

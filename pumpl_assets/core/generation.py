@@ -439,7 +439,7 @@ class HFEngine:
         import torch
 
         p = row.params
-        if p.temperature <= 0:
+        if p.temperature < 1e-6:  # tiny temperatures overflow the logits: treat as greedy
             return int(torch.argmax(logits))
         scaled = logits / p.temperature
         probs = torch.softmax(scaled, dim=-1)

@@ -1,0 +1,128 @@
+"""The whole graph for smollm2-135m on the real model, end to end (slow; CI runs it after the main job).
+
+If the main job (`bash scripts/main.sh`) already materialized the graph in this checkout, the test checks
+its results; otherwise it runs the same `dagster asset materialize` itself. Then it serves the registry's
+champion over HTTP and asks for a plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pumpl_assets.core.schemas import RequestSpec, WorkoutPlanResponse
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITION = "smollm2-135m"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def main_job_env() -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(REPO / "dagster_home"),
+        "PUMPL_DATA_ROOT": os.environ.get("PUMPL_DATA_ROOT", str(REPO / "data")),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    registry_dir = Path(env["PUMPL_DATA_ROOT"]) / "artifacts" / PARTITION / "registry_entry"
+    if not registry_dir.exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "pumpl_assets.definitions",
+                "--select",
+                "*",
+                "--partition",
+                PARTITION,
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            timeout=3600,
+        )
+    return env
+
+
+def test_every_asset_materialized_and_every_gate_passed(main_job_env: dict[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pumpl_assets.report", "--partition", PARTITION],
+        cwd=REPO,
+        env=main_job_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("| yes |") == 10
+    assert "FAIL" not in out.stdout
+
+
+def test_registry_champion_points_at_the_awq_model(
+    main_job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUMPL_DATA_ROOT", main_job_env["PUMPL_DATA_ROOT"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pumpl_assets.core.registry import Registry
+
+    champ = Registry().get_champion(PARTITION)
+    assert champ is not None
+    assert champ.awq_path and (Path(champ.awq_path) / "config.json").is_file()
+    assert champ.tags.get("gates_passed") == "true"
+    assert champ.tags.get("dagster.run_id")
+    assert float(champ.metrics["adapter.unconstrained.schema_valid"]) >= 0.95
+    assert float(champ.metrics["adapter.constrained.adherence"]) >= 0.90
+    cfg = json.loads((Path(champ.awq_path) / "config.json").read_text())
+    assert "quantization_config" in cfg  # compressed-tensors AWQ
+
+
+def test_champion_serves_a_valid_adherent_plan_over_http(
+    main_job_env: dict[str, str], tmp_path: Path
+) -> None:
+    from pumpl_assets.core.exercises import ExerciseCatalogue
+    from pumpl_assets.core.prompts import request_to_prompt
+    from pumpl_assets.core.validate import adherence
+    from pumpl_serving.testing import running_server
+
+    req = RequestSpec(
+        goal="hypertrophy", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3
+    )
+    env = {k: main_job_env[k] for k in ("PUMPL_DATA_ROOT", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    with (
+        running_server(
+            ["--partition", PARTITION, "--engine", "awq", "--poll-interval", "0", "--timeout", "600"],
+            log_path=tmp_path / "serve.log",
+            env=env,
+            health_timeout=600,
+        ) as server,
+        server.client(timeout=900) as client,
+    ):
+        info = client.get("/info").json()
+        assert (
+            info["model"]["alias"] == "champion"
+            or info.get("alias") == "champion"
+            or "champion" in json.dumps(info)
+        )
+        r = client.post(
+            "/generate", json={"prompt": request_to_prompt(req), "max_tokens": 448, "temperature": 0}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+    plan = WorkoutPlanResponse.model_validate(body["plan"])
+    cat = ExerciseCatalogue.from_parquet(
+        Path(env["PUMPL_DATA_ROOT"]) / "artifacts" / PARTITION / "raw" / "exercises.parquet"
+    )
+    a = adherence(req, plan, cat)
+    assert a.exercises_known and a.equipment_ok and a.level_ok, a

@@ -75,7 +75,7 @@ def name_enums(schema: Any) -> list[list[str]]:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             props = node.get("properties")
-            if isinstance(props, dict) and "sets" in props and "name" in props:
+            if isinstance(props, dict) and "name" in props and ("sets" in props or "work_s" in props):
                 found.append(props["name"].get("enum"))
             for v in node.values():
                 walk(v)
@@ -92,7 +92,7 @@ def test_schema_restricts_names_to_suitable_exercises(small_catalogue: ExerciseC
     req = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3)
     schema = request_plan_schema(req, small_catalogue)
     enums = name_enums(schema)
-    assert len(enums) == 6  # 3 blocks x (reps | timed)
+    assert len(enums) == 4  # main: reps | timed; warm-up and cool-down: timed holds only (layout)
     for enum in enums:
         assert enum == ["Dumbbell Row", "Plank", "Push-Up"]
     # compact form: derivable keys dropped
@@ -129,12 +129,12 @@ def test_schema_cache_returns_independent_copies(small_catalogue: ExerciseCatalo
     a["properties"]["title"]["maxLength"] = 1  # callers may mutate their copy
     b = request_plan_schema(req, small_catalogue)
     assert b["properties"]["title"]["maxLength"] == 60
-    # equipment order does not change the key
+    # equipment order and goal do not change the key (minutes and days do: they shape the layout)
     req2 = RequestSpec(
         goal="hypertrophy", minutes=60, level="beginner", equipment=["dumbbell", "body only"], days_per_week=2
     )
     req3 = RequestSpec(
-        goal="strength", minutes=20, level="beginner", equipment=["body only", "dumbbell"], days_per_week=5
+        goal="strength", minutes=60, level="beginner", equipment=["body only", "dumbbell"], days_per_week=2
     )
     assert request_plan_schema(req2, small_catalogue) == request_plan_schema(req3, small_catalogue)
 
@@ -168,11 +168,15 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     assert cache.stats.compiles == 1 and cache.stats.hits == 1
     assert cache.stats.last_compile_seconds > 0
 
+    main = ",".join(
+        f'{{"name":"{n}","sets":3,"rest_s":40,"reps":10}}'
+        for n in ("Dumbbell Row", "Push-Up", "Plank", "Push-Up")
+    )
     plan = (
         '{"title":"Quick dumbbell session","total_minutes":20,"days_per_week":3,"session":{'
-        '"warmup":[{"name":"Plank","sets":1,"rest_s":0,"work_s":60}],'
-        '"main":[{"name":"Dumbbell Row","sets":3,"rest_s":60,"reps":10}],'
-        '"cooldown":[{"name":"Push-Up","sets":1,"rest_s":0,"reps":10}]}}'
+        '"warmup":[{"name":"Plank","work_s":90}],'
+        f'"main":[{main}],'
+        '"cooldown":[{"name":"Push-Up","work_s":90}]}}'
     )
     m = xgr.GrammarMatcher(g1)
     assert m.accept_string(plan)
@@ -180,6 +184,12 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     # a name outside the request-aware subset is rejected
     bad = xgr.GrammarMatcher(g1)
     assert not bad.accept_string(plan.replace("Dumbbell Row", "Arnold Press"))
+    # the layout for 20 min: exactly 4 main items, 3 sets, 90 s holds, the requested minutes
+    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"work_s":90', '"work_s":60', 1))
+    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"sets":3', '"sets":4', 1))
+    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"total_minutes":20', '"total_minutes":30'))
+    three_main = plan.replace(',{"name":"Push-Up","sets":3,"rest_s":40,"reps":10}]', "]")
+    assert not xgr.GrammarMatcher(g1).accept_string(three_main)
     # non-compact whitespace is rejected (any_whitespace=False)
     spaced = xgr.GrammarMatcher(g1)
     assert not spaced.accept_string('{"title": "x"')
@@ -188,3 +198,23 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     cache.get(request_plan_schema(None, small_catalogue))
     cache.get(request_plan_schema(None, None))
     assert len(cache) == 2
+
+
+@pytest.mark.unit
+def test_layout_pins_structure_for_standard_lengths_only(small_catalogue: ExerciseCatalogue) -> None:
+    from pumpl_assets.core.layout import MINUTES_LAYOUT
+
+    for minutes, (sets, n_main, n_wc, hold) in MINUTES_LAYOUT.items():
+        req = RequestSpec(
+            goal="endurance", minutes=minutes, level="beginner", equipment=["dumbbell"], days_per_week=4
+        )
+        session = request_plan_schema(req, small_catalogue)["properties"]["session"]["properties"]
+        assert session["main"]["minItems"] == session["main"]["maxItems"] == n_main
+        assert session["warmup"]["minItems"] == session["cooldown"]["maxItems"] == n_wc
+        assert session["warmup"]["items"]["properties"]["work_s"]["enum"] == [hold]
+        for variant in session["main"]["items"]["oneOf"]:
+            assert variant["properties"]["sets"]["enum"] == [sets]
+    odd = RequestSpec(goal="endurance", minutes=25, level="beginner", equipment=["dumbbell"], days_per_week=4)
+    schema = request_plan_schema(odd, small_catalogue)
+    assert schema["properties"]["total_minutes"]["enum"] == [25]
+    assert schema["properties"]["session"]["properties"]["main"]["minItems"] == 1  # free structure

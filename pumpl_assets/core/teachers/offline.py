@@ -150,6 +150,30 @@ def _wc_count(minutes: int) -> int:
     return 1 if minutes <= 20 else 2 if minutes <= 45 else 3
 
 
+# Learnable layout for the standard session lengths (pumpl_assets.core.layout): a 135M model learns
+# "minutes → counts" (5 classes) and "goal → reps/rest" (6 classes) separately; the old
+# per-(goal, minutes) search gave ~30 layouts and the fine-tuned model got ~35% of durations right.
+from pumpl_assets.core.layout import GOAL_SET, MINUTES_LAYOUT  # noqa: E402
+
+
+def fixed_scheme(
+    goal: str, minutes: int, max_warmup: int, max_main: int, max_cooldown: int
+) -> PlanScheme | None:
+    """The fixed layout for a standard length, or None (non-standard length or too small a pool)."""
+    layout = MINUTES_LAYOUT.get(minutes)
+    if layout is None or goal not in GOAL_SET:
+        return None
+    sets, n_main, n_wc, wc_work = layout
+    if n_main > max_main or n_wc > max_warmup or n_wc > max_cooldown:
+        return None
+    reps, work_s, rest = GOAL_SET[goal]
+    main = MainScheme(sets, rest, reps=reps, work_s=work_s)
+    scheme = PlanScheme(n_wc, 1, wc_work, main, n_main, n_wc, 1, wc_work)
+    if abs(scheme.seconds() - minutes * 60) > PLANNER_TOLERANCE * minutes * 60:
+        return None
+    return scheme
+
+
 @functools.lru_cache(maxsize=4096)
 def plan_scheme(
     goal: Goal | str,
@@ -170,6 +194,9 @@ def plan_scheme(
         raise PlanningError(f"unknown goal {goal!r}; choose one of {sorted(GOAL_SCHEMES)}")
     if max_warmup < 1 or max_main < 1 or max_cooldown < 1:
         raise PlanningError("every block needs at least one exercise")
+    fixed = fixed_scheme(str(goal), minutes, max_warmup, max_main, max_cooldown)
+    if fixed is not None:
+        return fixed
     target = minutes * 60
     n_w = min(_wc_count(minutes), max_warmup)
     n_c = min(_wc_count(minutes), max_cooldown)

@@ -42,8 +42,8 @@ def torch_threads() -> int:
 
     Measured on this shared 2-core box under load ~7: one LoRA step of SmolLM2 (512 tokens) took
     8.4 s with 1 thread and 28-55 s with 2 (OpenMP threads spin at barriers while descheduled).
-    So the default is ``cores - round(1-min load average)``, at least 1 and at most ``cores``;
-    on an idle box that is all cores.
+    So the default is every core unless the box is oversubscribed (1-min load average above
+    cores + 0.5), then ``cores - round(load - cores)``, at least 1.
     """
     env = os.environ.get("PUMPL_TORCH_THREADS")
     if env:
@@ -53,10 +53,12 @@ def torch_threads() -> int:
     except AttributeError:  # pragma: no cover - non-Linux
         cores = os.cpu_count() or 1
     try:
-        busy = round(os.getloadavg()[0])
+        load = os.getloadavg()[0]
     except OSError:  # pragma: no cover
-        busy = 0
-    return max(1, min(cores, cores - busy))
+        load = 0.0
+    if load < cores + 0.5:
+        return cores
+    return max(1, min(cores, cores - round(load - cores)))
 
 
 def _dtype(name: str) -> Any:

@@ -324,7 +324,7 @@ class AutoAWQQuantizer:
         return _result(model_dir, out_dir, self.name, group_size, t0, len(texts))
 
 
-def select_quantizer(name: str, device: str) -> Quantizer:
+def select_quantizer(name: str, device: str, *, n_grid: int | None = None) -> Quantizer:
     """Pick a backend.
 
     * ``auto`` / ``llmcompressor``: llm-compressor on any device — its compressed-tensors
@@ -342,4 +342,4 @@ def select_quantizer(name: str, device: str) -> Quantizer:
                 "cannot be loaded on CPU. Use 'llmcompressor' (or 'auto') for CPU partitions."
             )
         return AutoAWQQuantizer(device)
-    return LLMCompressorQuantizer(device)
+    return LLMCompressorQuantizer(device, n_grid=n_grid) if n_grid else LLMCompressorQuantizer(device)

@@ -432,7 +432,7 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     )
     d = out_dir(context)
     with timed() as t:
-        quantizer = select_quantizer(config.backend, spec.device)
+        quantizer = select_quantizer(config.backend, spec.device, n_grid=config.n_grid)
         q = quantizer.quantize(merged_dir, d / "model", calib, group_size=group, max_seq_len=spec.max_seq_len)
     # Schema-valid rate of the AWQ model vs the merged model, same test rows, same decoding.
     test = pl.read_parquet(split_dir / "test.parquet")

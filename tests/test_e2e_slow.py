@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def main_job_env() -> dict[str, str]:
     env = {
         **os.environ,
-        "DAGSTER_HOME": str(REPO / "dagster_home"),
+        "DAGSTER_HOME": os.environ.get("PUMPL_E2E_DAGSTER_HOME", str(REPO / "dagster_home")),
         "PUMPL_DATA_ROOT": os.environ.get("PUMPL_DATA_ROOT", str(REPO / "data")),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

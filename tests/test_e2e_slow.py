@@ -32,8 +32,9 @@ def main_job_env() -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    registry_dir = Path(env["PUMPL_DATA_ROOT"]) / "artifacts" / PARTITION / "registry_entry"
-    if not registry_dir.exists():
+    artifacts = Path(env["PUMPL_DATA_ROOT"]) / "artifacts" / PARTITION
+    done = (artifacts / "registry_entry" / "entry.json").is_file() or (artifacts / "awq_model" / "model").is_dir()
+    if not done:
         subprocess.run(
             [
                 sys.executable,

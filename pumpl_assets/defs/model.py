@@ -541,6 +541,11 @@ def registry_entry(
         registry.set_champion(p, version)
         promoted = True
     champion = registry.get_champion(p)
+    write_json_atomic(
+        out_dir(context) / "entry.json",
+        {"registered_model": f"pumpl-{p}", "version": version, "promoted": promoted, "gates": gates,
+         "dagster_run_id": context.run_id},
+    )
     return dg.MaterializeResult(
         metadata=metadata(
             {

@@ -47,7 +47,7 @@ def find_models(ctx: Context) -> tuple[Path, Path, str]:
 
     merged = settings.artifacts_dir(ctx.partition, "merged_model") / "model"
     awq = settings.artifacts_dir(ctx.partition, "awq_model") / "model"
-    if (merged / "config.json").is_file() and (awq / "config.json").is_file():
+    if not ctx.model_given and (merged / "config.json").is_file() and (awq / "config.json").is_file():
         return merged, awq, "materialized artifacts"
     return (
         ctx.model_dir,
@@ -137,7 +137,7 @@ def run(ctx: Context) -> BenchResult:
 
     engines: dict[str, Any] = {}
     try:
-        engines["merged"] = load_engine("transformers", merged_dir, device="cpu", dtype="float32")
+        engines["merged"] = load_engine("transformers", merged_dir, device="cpu")  # same auto dtype as awq
         engines["awq"] = load_engine("awq", awq_dir, device="cpu")
         tok = engines["merged"].tokenizer
         prompt = render_prompts(tok, test_requests(1, ctx.seed), spec.prompt_style)[0]

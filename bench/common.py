@@ -43,6 +43,7 @@ class Context:
     partition: str = "smollm2-135m"
     catalogue_path: Path = DEFAULT_CATALOGUE
     verbose: bool = True
+    model_given: bool = False  # --model was passed: benchmarks must not swap in pipeline artifacts
 
     def log(self, msg: str) -> None:
         if self.verbose:

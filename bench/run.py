@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats or (1 if args.quick else 3),
         partition=args.partition,
         verbose=not args.quiet,
+        model_given=args.model is not None,
     )
     machine = machine_info(threads)
     t0 = time.perf_counter()

@@ -181,7 +181,9 @@ class TrainConfig(dg.Config):
 
 
 class EvalConfig(dg.Config):
-    limit: int | None = Field(default=32, ge=1, description="Test examples evaluated (None = all)")
+    # Every test row by default: the gates are rates over the test split, and the AWQ gate's
+    # 2-point tolerance needs >= 50 rows to tolerate even one changed answer.
+    limit: int | None = Field(default=None, ge=1, description="Test examples evaluated (None = all)")
     batch_size: int | None = Field(default=None, ge=1)
     include_base: bool = True
     base_limit: int | None = Field(default=None, ge=1, description="Rows the base model generates for")
@@ -194,7 +196,7 @@ class QuantizeConfig(dg.Config):
     # grid are what the smollm2-135m gates were measured with.
     n_calibration: int = Field(default=32, ge=1, le=4096)
     n_grid: int = Field(default=20, ge=2, le=100, description="AWQ scale-search grid points")
-    eval_limit: int | None = Field(default=32, ge=1)
+    eval_limit: int | None = Field(default=None, ge=1, description="Test examples evaluated (None = all)")
     max_new_tokens: int | None = Field(default=None, ge=8, le=2048)
 
 

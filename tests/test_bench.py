@@ -114,3 +114,31 @@ def test_quick_run_writes_a_complete_report(
     md = (out / "report.md").read_text()
     assert "## train (ok" in md and "## orchestration (no_data" in md
     assert names["train_tokens_per_s"]["line"] in md
+
+
+@pytest.mark.unit
+def test_gpu_suite_refuses_unknown_parts_and_a_machine_without_cuda(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import gpu_suite
+
+    with pytest.raises(SystemExit) as exc:
+        gpu_suite.parse_args(["--only", "train,warp"])
+    assert exc.value.code == 2
+    assert "unknown part(s) ['warp']" in capsys.readouterr().err
+    assert gpu_suite.parse_args(["--only", "awq, train"]).parts == ["awq", "train"]
+    if not gpu_suite.cuda_available():
+        assert gpu_suite.main(["--model", "/nonexistent"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_gpu_suite_engine_child_protocol_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The suite's engine measurement (subprocess, JSON back) is the same code on CPU and GPU."""
+    from bench import gpu_suite
+
+    out = gpu_suite._child("transformers", tiny_model_dir, 2, 6, 1234, True, tmp_path, device="cpu")
+    assert out["kind"] == "transformers" and out["n"] == 2
+    assert out["batched_tokens_per_s"] > 0 and out["batch1_decode_tokens_per_s"] > 0
+    with pytest.raises(RuntimeError, match=r"engine transformers on .* failed"):
+        gpu_suite._child("transformers", tmp_path / "missing", 2, 6, 1234, False, tmp_path, device="cpu")

@@ -33,7 +33,9 @@ def main_job_env() -> dict[str, str]:
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     artifacts = Path(env["PUMPL_DATA_ROOT"]) / "artifacts" / PARTITION
-    done = (artifacts / "registry_entry" / "entry.json").is_file() or (artifacts / "awq_model" / "model").is_dir()
+    done = (artifacts / "registry_entry" / "entry.json").is_file() or (
+        artifacts / "awq_model" / "model"
+    ).is_dir()
     if not done:
         subprocess.run(
             [

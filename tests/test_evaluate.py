@@ -15,6 +15,7 @@ from pumpl_assets.core.evaluate import (
     PER_EXAMPLE_SCHEMA,
     EvalReport,
     answer_loss,
+    compare_schema_valid,
     evaluate_models,
     load_summary,
     write_eval_outputs,
@@ -235,3 +236,36 @@ def test_bad_test_rows_are_clear_errors(tmp_path: Path, catalogue: ExerciseCatal
         evaluate_models(
             tmp_path, None, bad, catalogue, style="chat_template", system_prompt=None, modes=("x",)
         )
+
+
+def _frame(model: str, valid: dict[str, bool], mode: str = "unconstrained") -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "model": [model] * len(valid),
+            "mode": [mode] * len(valid),
+            "example_id": list(valid),
+            "schema_valid": list(valid.values()),
+        }
+    )
+
+
+@pytest.mark.unit
+def test_compare_schema_valid_counts_rows_lost_and_gained() -> None:
+    merged = _frame("base", {f"e{i}": i != 0 for i in range(50)})  # 49/50 valid
+    awq = _frame("base", {f"e{i}": i not in (1, 2) for i in range(50)})  # loses e1, e2; gains e0
+    cmp = compare_schema_valid(merged, awq)
+    assert (cmp.n, cmp.regressions, cmp.improvements) == (50, 2, 1)
+    assert cmp.reference_rate == pytest.approx(0.98) and cmp.candidate_rate == pytest.approx(0.96)
+    assert cmp.drop == pytest.approx(0.02)
+    assert cmp.to_dict()["drop"] == pytest.approx(0.02)
+
+
+@pytest.mark.unit
+def test_compare_schema_valid_refuses_different_rows_or_mixed_models() -> None:
+    a = _frame("base", {"e1": True, "e2": True})
+    with pytest.raises(ValueError, match="different rows"):
+        compare_schema_valid(a, _frame("base", {"e1": True, "e3": True}))
+    with pytest.raises(ValueError, match="several models"):
+        compare_schema_valid(pl.concat([a, _frame("adapter", {"e1": True, "e2": True})]), a)
+    with pytest.raises(ValueError, match="no 'unconstrained' rows"):
+        compare_schema_valid(_frame("base", {"e1": True}, mode="constrained"), a)

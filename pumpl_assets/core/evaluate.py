@@ -272,6 +272,7 @@ def evaluate_models(
     limit: int | None = None,
     engine: HFEngine | None = None,
     base_limit: int | None = None,
+    dtype: str = "auto",
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
@@ -280,6 +281,8 @@ def evaluate_models(
     ``base_limit`` caps how many examples the *base* model generates for (a deterministic
     subset by example id): an untuned base rambles to ``max_new_tokens`` on every row, and a
     few rows are enough to show it; test loss is still computed on every example.
+    ``dtype`` is the compute dtype of a loaded engine (``auto``: bf16 on a GPU or a CPU with
+    native bf16, else fp32); the summary's ``dtype_bf16`` records which one ran.
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -290,7 +293,7 @@ def evaluate_models(
     parsed = _parse_rows(test_rows, limit)
 
     own = engine is None
-    eng = engine or load_engine("transformers", base_model, adapter_path=adapter_dir)
+    eng = engine or load_engine("transformers", base_model, adapter_path=adapter_dir, dtype=dtype)
     if not isinstance(eng, HFEngine):
         raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(eng).__name__}")
     if adapter_dir is not None and not hasattr(eng.model, "disable_adapter"):
@@ -304,7 +307,10 @@ def evaluate_models(
             examples.append(_Example(eid, rj, req, ref, prompt, n))
         examples.sort(key=lambda e: (e.prompt_len, e.example_id))
 
-        summary: dict[str, float] = {"n_examples": float(len(examples))}
+        summary: dict[str, float] = {
+            "n_examples": float(len(examples)),
+            "dtype_bf16": float(getattr(eng, "dtype", "") == "bfloat16"),
+        }
         all_rows: list[dict[str, Any]] = []
         for model in models:
             with _adapter_toggle(eng, model):
@@ -419,3 +425,63 @@ def load_summary(out_dir: Path | str) -> dict[str, float]:
     """Read back summary.json (None → NaN)."""
     raw = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
     return {k: float("nan") if v is None else float(v) for k, v in raw.items()}
+
+
+@dataclass
+class RateComparison:
+    """Schema-valid rates of a reference and a candidate model on the same test rows."""
+
+    n: int
+    reference_rate: float
+    candidate_rate: float
+    regressions: int  # rows valid for the reference, invalid for the candidate
+    improvements: int  # the other way round
+
+    @property
+    def drop(self) -> float:
+        return self.reference_rate - self.candidate_rate
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "n": self.n,
+            "reference_rate": self.reference_rate,
+            "candidate_rate": self.candidate_rate,
+            "drop": self.drop,
+            "regressions": self.regressions,
+            "improvements": self.improvements,
+        }
+
+
+def compare_schema_valid(
+    reference: pl.DataFrame, candidate: pl.DataFrame, *, mode: str = "unconstrained"
+) -> RateComparison:
+    """Compare two per-example frames (from :func:`evaluate_models`, one model each) row by row.
+
+    Both must hold exactly the same example ids for ``mode``; a mismatch is an error, never a
+    comparison of rates over different rows.
+    """
+
+    def rows(df: pl.DataFrame, name: str) -> dict[str, bool]:
+        sel = df.filter(pl.col("mode") == mode)
+        if sel.height == 0:
+            raise ValueError(f"{name} has no {mode!r} rows to compare")
+        models = sel["model"].unique().to_list()
+        if len(models) != 1:
+            raise ValueError(f"{name} holds several models {models}; pass one model's rows")
+        return dict(zip(sel["example_id"].to_list(), sel["schema_valid"].to_list(), strict=True))
+
+    ref, cand = rows(reference, "reference"), rows(candidate, "candidate")
+    if set(ref) != set(cand):
+        only_ref, only_cand = sorted(set(ref) - set(cand)), sorted(set(cand) - set(ref))
+        raise ValueError(
+            f"reference and candidate were evaluated on different rows "
+            f"(only reference: {only_ref[:5]}, only candidate: {only_cand[:5]})"
+        )
+    n = len(ref)
+    return RateComparison(
+        n=n,
+        reference_rate=sum(ref.values()) / n,
+        candidate_rate=sum(cand.values()) / n,
+        regressions=sum(1 for k, v in ref.items() if v and not cand[k]),
+        improvements=sum(1 for k, v in ref.items() if not v and cand[k]),
+    )

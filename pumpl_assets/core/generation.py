@@ -181,11 +181,25 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
 def _resolve_dtype(dtype: str, device: str) -> Any:
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # bf16 on a GPU; on a CPU only where it is native: decode there is ~1.8x faster than fp32
+        # (bench_decode), and the recipes train under bf16 autocast, so the model is used to it.
+        if device.startswith("cuda") or cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
     table = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -260,6 +274,8 @@ class HFEngine:
         self.quantization = quantization
         self.adapter_path = adapter_path
         self.device = next(model.parameters()).device
+        # Compute dtype (the embedding's: quantized folders also hold packed integer tensors).
+        self.dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
         self.stop_token_ids = _stop_ids(model, tokenizer)
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]

@@ -14,7 +14,9 @@ Assumptions:
 
 * The source folder is the full-precision merged model (never an already-quantized one).
 * ``lm_head`` and the (tied) input embeddings stay unquantized; only the decoder's
-  ``Linear`` layers become 4-bit. Unquantized tensors keep the source dtype.
+  ``Linear`` layers become 4-bit. Unquantized tensors are stored in the compute dtype:
+  bf16 where the device runs it natively (a GPU, or a CPU with AVX512-BF16/AMX — calibration
+  there is ~3.5x faster than fp32 and the folder is smaller), else the source dtype.
 * Calibration texts are full rendered training examples (prompt + answer), truncated to
   ``max_seq_len`` tokens; an empty list is an error.
 """
@@ -171,15 +173,32 @@ class LLMCompressorQuantizer:
     """AWQ + W4A16 (asymmetric, group-wise) with llm-compressor; compressed-tensors output.
 
     ``max_calibration`` caps the texts used (the first N, in the given order);
-    ``n_grid`` is AWQ's scale grid-search resolution (llm-compressor default 20).
+    ``n_grid`` is AWQ's scale grid-search resolution (llm-compressor default 20);
+    ``dtype`` the compute dtype of calibration (``auto``: bf16 where native, else the source's).
     """
 
     name = "llmcompressor"
 
-    def __init__(self, device: str = "cpu", *, max_calibration: int = 64, n_grid: int = 20) -> None:
+    def __init__(
+        self, device: str = "cpu", *, max_calibration: int = 64, n_grid: int = 20, dtype: str = "auto"
+    ) -> None:
         self.device = device
         self.max_calibration = max_calibration
         self.n_grid = n_grid
+        self.dtype = dtype
+
+    def _load_dtype(self) -> Any:
+        import torch
+
+        from pumpl_assets.core.generation import cpu_has_native_bf16
+
+        if self.dtype == "auto":
+            native = self.device.startswith("cuda") or cpu_has_native_bf16()
+            return torch.bfloat16 if native else "auto"
+        table = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+        if self.dtype not in table:
+            raise ValueError(f"unknown dtype {self.dtype!r}; use auto, {', '.join(table)}")
+        return table[self.dtype]
 
     def quantize(
         self,
@@ -216,7 +235,8 @@ class LLMCompressorQuantizer:
         dataset = Dataset.from_dict(
             {"input_ids": [e["input_ids"] for e in enc], "attention_mask": [e["attention_mask"] for e in enc]}
         )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        load_dtype = self._load_dtype()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype)
         scheme = QuantizationScheme(
             targets=["Linear"],
             weights=QuantizationArgs(
@@ -252,6 +272,8 @@ class LLMCompressorQuantizer:
             "group_size": group_size,
             "n_calibration": len(enc),
             "max_seq_len": max_seq_len,
+            "n_grid": self.n_grid,
+            "compute_dtype": str(model.dtype).removeprefix("torch."),
             "format": "compressed-tensors/pack-quantized",
         }
         with atomic_path(out_dir) as tmp:

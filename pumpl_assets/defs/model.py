@@ -220,7 +220,7 @@ def lora_adapter(
     group_name=MODEL,
     deps=["lora_adapter", "split", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("eval-1", _GATES, EvalConfig().model_dump()),
+    code_version=code_version("eval-2", _GATES, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
         gate_spec(
@@ -407,7 +407,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     group_name=MODEL,
     deps=["merged_model", "split", "eval_report", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("awq-1", _GATES, QuantizeConfig().model_dump()),
+    code_version=code_version("awq-2", _GATES, QuantizeConfig().model_dump()),
     kinds={"awq"},
     check_specs=[
         gate_spec("size_ratio", "awq_model", "AWQ artifact ≤ 0.45× the merged model"),
@@ -416,7 +416,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     description="AWQ 4-bit (W4A16) model, calibrated on the train split; loads in transformers (CPU) and vLLM.",
 )
 def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.MaterializeResult:
-    from pumpl_assets.core.evaluate import evaluate_models
+    from pumpl_assets.core.evaluate import compare_schema_valid, evaluate_models
     from pumpl_assets.core.prompts import resolve_style
     from pumpl_assets.core.quantize import fit_group_size, select_quantizer
 
@@ -446,16 +446,14 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         "include_base": False,
         "limit": config.eval_limit,
     }
+    # Both models decode the same rows the same way here (same dtype, batch, grammar-free greedy),
+    # so the gate compares like with like, row by row.
     with timed() as te:
+        merged_eval = evaluate_models(merged_dir, None, test, cat, **kw)
         awq_eval = evaluate_models(q.out_dir, None, test, cat, **kw)
-    eval_summary = json.loads((upstream_dir(p, "eval_report") / "summary.json").read_text())
-    merged_sv = float(eval_summary.get("adapter.unconstrained.schema_valid", 0.0))
-    awq_sv = float(awq_eval.summary.get("base.unconstrained.schema_valid", 0.0))
-    drop = merged_sv - awq_sv
-    n_eval = int(awq_eval.summary.get("base.n_generated", awq_eval.summary.get("n_examples", 0)) or 0)
-    # A rate over n rows moves in steps of 1/n: with fewer than 50 rows "≤ 2 points" would allow no
-    # single regression at all, so the tolerance is max(2 points, one example).
-    tolerance = max(spec.gates.max_awq_schema_drop, 1.0 / n_eval if n_eval else 0.0)
+    cmp = compare_schema_valid(merged_eval.per_example, awq_eval.per_example)
+    merged_sv, awq_sv, n_eval, drop = cmp.reference_rate, cmp.candidate_rate, cmp.n, cmp.drop
+    tolerance = spec.gates.max_awq_schema_drop
     checks = [
         check(
             "size_ratio",
@@ -466,18 +464,31 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         check(
             "schema_valid_drop",
             drop <= tolerance + 1e-9,
-            f"merged {merged_sv:.1%} → awq {awq_sv:.1%} (drop {drop * 100:.1f} points; allowed "
-            f"{tolerance * 100:.1f} = max({spec.gates.max_awq_schema_drop * 100:.0f} points, 1 of {n_eval}))",
+            f"merged {merged_sv:.1%} → awq {awq_sv:.1%} on the same {n_eval} test rows (drop "
+            f"{drop * 100:.1f} points, {cmp.regressions} row(s) lost, {cmp.improvements} gained; allowed "
+            f"{tolerance * 100:.1f}; one row = {100 / max(n_eval, 1):.1f})",
             merged_schema_valid=merged_sv,
             awq_schema_valid=awq_sv,
             n_examples=n_eval,
+            regressions=cmp.regressions,
         ),
     ]
     write_gates(d, checks)
-    write_json_atomic(d / "awq_eval.json", {"summary": awq_eval.summary, "merged_schema_valid": merged_sv})
+    write_json_atomic(
+        d / "awq_eval.json",
+        {"awq": awq_eval.summary, "merged": merged_eval.summary, "comparison": cmp.to_dict()},
+    )
     from pumpl_assets.core.io import write_parquet_atomic
 
-    write_parquet_atomic(d / "awq_per_example.parquet", awq_eval.per_example)
+    write_parquet_atomic(
+        d / "awq_per_example.parquet",
+        pl.concat(
+            [
+                merged_eval.per_example.with_columns(pl.lit("merged").alias("model")),
+                awq_eval.per_example.with_columns(pl.lit("awq").alias("model")),
+            ]
+        ),
+    )
     return dg.MaterializeResult(
         metadata=metadata(
             {
@@ -490,8 +501,14 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
                 "quantize_wall_s": q.wall_s,
                 "eval_wall_s": te["wall_s"],
                 "awq_tokens_per_s": float(awq_eval.summary.get("base.unconstrained.tokens_per_s", 0.0)),
+                "merged_tokens_per_s": float(merged_eval.summary.get("base.unconstrained.tokens_per_s", 0.0)),
                 "awq_schema_valid": awq_sv,
-                "wall_s": t["wall_s"],
+                "merged_schema_valid": merged_sv,
+                "awq_test_loss": float(awq_eval.summary.get("base.test_loss", float("nan"))),
+                "merged_test_loss": float(merged_eval.summary.get("base.test_loss", float("nan"))),
+                "n_eval": n_eval,
+                "bf16_decode": bool(awq_eval.summary.get("dtype_bf16", 0.0)),
+                "wall_s": t["wall_s"] + te["wall_s"],
             }
         ),
         check_results=checks,
@@ -543,8 +560,13 @@ def registry_entry(
     champion = registry.get_champion(p)
     write_json_atomic(
         out_dir(context) / "entry.json",
-        {"registered_model": f"pumpl-{p}", "version": version, "promoted": promoted, "gates": gates,
-         "dagster_run_id": context.run_id},
+        {
+            "registered_model": f"pumpl-{p}",
+            "version": version,
+            "promoted": promoted,
+            "gates": gates,
+            "dagster_run_id": context.run_id,
+        },
     )
     return dg.MaterializeResult(
         metadata=metadata(

@@ -393,6 +393,10 @@ class PeftBackend:
                 "batches_per_epoch": per_epoch,
                 "n_val_examples": len(tok_val),
                 "packing": packing,
+                # Peak CUDA memory of this process (None on CPU): the GPU suite compares backends by it.
+                "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if str(self.device).startswith("cuda")
+                else None,
             },
         )
         result.metrics_path, result.loss_plot = base.write_metrics(out_dir, result)

@@ -174,6 +174,10 @@ class TrainConfig(dg.Config):
     """Overrides of the catalogue recipe (None keeps the catalogue's value)."""
 
     backend: str = Field(default="auto", description="auto | unsloth | peft")
+    loop: str | None = Field(
+        default=None,
+        description="plain (packed, answer-only head; default) | sft_trainer (PEFT + TRL SFTTrainer)",
+    )
     max_steps: int | None = Field(default=None, ge=0)
     learning_rate: float | None = Field(default=None, gt=0)
     seed: int | None = None

@@ -14,9 +14,11 @@ import polars as pl
 import pytest
 
 from pumpl_assets.core.io import (
+    _host_tag,
     atomic_path,
     frame_hash,
     sha256_tree,
+    sweep_dead_writers,
     write_bytes_atomic,
     write_json_atomic,
     write_parquet_atomic,
@@ -125,3 +127,30 @@ def test_parquet_and_hash_roundtrip(tmp_path: Path) -> None:
     write_bytes_atomic(tmp_path / "b.bin", b"abc")
     assert (tmp_path / "b.bin").read_bytes() == b"abc"
     time.sleep(0)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_next_write_sweeps_a_killed_writers_leftovers_only(tmp_path: Path, kind: str) -> None:
+    dest = tmp_path / ("model" if kind == "dir" else "table.bin")
+    _kill_mid_write(dest, kind)
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(f".{dest.name}.")]
+    assert len(leftovers) == 1 and leftovers[0].name.endswith(".tmp")
+    # A live writer's temp (this process), another host's and an unrelated sibling's are kept
+    # (the latter two with the pid of a process that has exited).
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait(timeout=30)
+    live = tmp_path / f".{dest.name}.{_host_tag()}-{os.getpid()}.abc.tmp"
+    other_host = tmp_path / f".{dest.name}.ffffffff-{done.pid}.abc.tmp"
+    sibling = tmp_path / f".{dest.name}x.{_host_tag()}-{done.pid}.abc.tmp"
+    for p in (live, other_host, sibling):
+        p.mkdir()
+    with atomic_path(dest) as tmp:
+        if kind == "dir":
+            tmp.mkdir()
+            (tmp / "w.bin").write_bytes(b"new")
+        else:
+            tmp.write_bytes(b"new")
+    assert not leftovers[0].exists()  # swept
+    assert live.exists() and other_host.exists() and sibling.exists()
+    assert sweep_dead_writers(dest) == []  # nothing left to sweep

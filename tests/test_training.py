@@ -383,3 +383,48 @@ def test_unsloth_cpu_fallback_trains_tiny_model(tiny_model_dir: Path, tmp_path: 
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     cfg = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and set(cfg["target_modules"]) >= {"q_proj", "v_proj"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_sft_trainer_loop_trains_checkpoints_and_resumes(
+    tiny_model_dir: Path, tmp_path: Path, packing: bool
+) -> None:
+    """loop="sft_trainer": PEFT + TRL SFTTrainer behind the same backend interface and outputs."""
+    from pumpl_assets.core.training.run import run_training_subprocess
+    from pumpl_assets.core.training.sft_loop import complete_checkpoints
+
+    out = tmp_path / "run"
+    common = {"loop": "sft_trainer", "checkpoint_every": 2, "warmup_steps": 0, "packing": packing}
+    first = run_training_subprocess(_job(tiny_model_dir, out, max_steps=4, **common))
+    assert first.backend == "peft" and first.extra["loop"] == "sft_trainer"
+    assert first.steps == 4 and first.resumed_from_step is None
+    assert [s for s, _ in first.train_loss] == [1, 2, 3, 4]
+    assert all(v == v and v > 0 for _, v in first.train_loss)  # finite, positive
+    assert first.train_tokens > 0 and first.tokens_per_s > 0
+    assert first.val_loss is not None and first.val_loss > 0
+    adapter = first.adapter_dir
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "pumpl_training.json").read_text())["loop"] == "sft_trainer"
+    run_dir = Path(first.extra["checkpoints"])
+    assert [s for s, _ in complete_checkpoints(run_dir)] == [2, 4]
+    # A checkpoint cut short (no trainer_state.json) is never resumed from.
+    (run_dir / "checkpoint-6").mkdir()
+    assert [s for s, _ in complete_checkpoints(run_dir)] == [2, 4]
+    # The same job again → finds its last complete checkpoint and trains nothing twice.
+    again = run_training_subprocess(_job(tiny_model_dir, out, max_steps=4, **common))
+    assert again.resumed_from_step == 4 and again.steps == 0
+    assert again.train_loss == first.train_loss
+    # Resuming mid-schedule: drop the final checkpoint, the rerun continues from step 2 (runs 2 steps).
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoint-4")
+    resumed = run_training_subprocess(_job(tiny_model_dir, out, max_steps=4, **common))
+    assert resumed.resumed_from_step == 2 and resumed.steps == 2
+    assert [s for s, _ in resumed.train_loss] == [1, 2, 3, 4]
+
+
+@pytest.mark.unit
+def test_unknown_loop_is_refused() -> None:
+    with pytest.raises(ValueError, match="loop"):
+        TrainingConfig(loop="keras")  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,22 +29,70 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _host_tag() -> str:
+    # Temp names carry host + pid, so only leftovers of dead writers on THIS host are ever swept.
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_dead_writers(dest: Path | str) -> list[Path]:
+    """Remove hidden temp siblings of ``dest`` left by writers that were killed (their pid is gone).
+
+    Names are ``.<name>.<host>-<pid>.<random>.tmp`` (in-flight writes) and
+    ``.<name>.old-<host>-<pid>`` (a replaced directory not yet deleted). Leftovers of a live
+    process, of another host, or in an older naming scheme are kept. Returns what was removed.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    host, removed = _host_tag(), []
+    prefix = f".{dest.name}."
+    for p in dest.parent.iterdir():
+        rest = p.name[len(prefix) :] if p.name.startswith(prefix) else ""
+        tag = (
+            rest.removeprefix("old-").split(".")[0]
+            if rest.endswith(".tmp") or rest.startswith("old-")
+            else ""
+        )
+        owner_host, _, pid = tag.partition("-")
+        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it onto ``dest`` only on success.
 
-    Works for files and directories (a directory replaces the old one whole).
+    Works for files and directories (a directory replaces the old one whole). Hidden leftovers
+    of earlier writers of ``dest`` that were killed are swept first (:func:`sweep_dead_writers`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    sweep_dead_writers(dest)
+    owner = f"{_host_tag()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{owner}.", suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"atomic write to {dest} produced nothing at {target}")
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(f".{dest.name}.old-{owner}")
             os.replace(dest, old)
             os.replace(target, dest)
             shutil.rmtree(old, ignore_errors=True)

@@ -244,6 +244,9 @@ class TrainingConfig(_Strict):
     # bf16 matmuls several times faster; the optimizer state stays fp32).
     autocast_bf16: bool = False
     load_in_4bit: bool = False
+    # peft backend only: its plain loop (default; packed, answer-only LM head, 1.5x SFTTrainer's defaults
+    # here) or PEFT + TRL SFTTrainer (pumpl_assets/core/training/sft_loop.py).
+    loop: Literal["plain", "sft_trainer"] = "plain"
 
 
 class InferenceRequest(_Strict):

@@ -97,18 +97,19 @@ def lora_adapter(
     spec = spec_for(context)
     base = _base(context)
     split_dir = upstream_dir(context.partition_key, "split")
-    cfg = spec.recipe.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "backend": config.backend,
-                "max_steps": config.max_steps,
-                "learning_rate": config.learning_rate,
-                "seed": config.seed,
-            }.items()
-            if v is not None
-        }
-    )
+    overrides = {
+        k: v
+        for k, v in {
+            "backend": config.backend,
+            "loop": config.loop,
+            "max_steps": config.max_steps,
+            "learning_rate": config.learning_rate,
+            "seed": config.seed,
+        }.items()
+        if v is not None
+    }
+    # Validated (not model_copy): a bad override is a clear config error naming the field.
+    cfg = type(spec.recipe).model_validate({**spec.recipe.model_dump(), **overrides})
     d = out_dir(context)
     if not config.resume:
         import shutil

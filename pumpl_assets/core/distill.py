@@ -16,6 +16,7 @@ import polars as pl
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.prompts import request_to_prompt
 from pumpl_assets.core.schemas import (
+    FOCUSES,
     GOALS,
     LEVELS,
     LIMITATIONS,
@@ -37,7 +38,8 @@ EQUIPMENT_SETS: tuple[tuple[Equipment, ...], ...] = (
     ("barbell", "dumbbell", "cable", "machine"),
 )
 LIMITATION_RATE = 0.3
-GRID_SIZE = len(GOALS) * len(MINUTES_CHOICES) * len(LEVELS) * len(EQUIPMENT_SETS)  # 540
+FOCUS_RATE = 0.25
+GRID_SIZE = len(GOALS) * len(LEVELS) * len(EQUIPMENT_SETS)  # 108
 
 ROW_COLUMNS = {
     "request_json": pl.String,
@@ -50,52 +52,58 @@ ROW_COLUMNS = {
 QUARANTINE_COLUMNS = {"request_json": pl.String, "reason": pl.String}
 
 
-def _cell(i: int) -> tuple[int, int, int, int]:
-    """Index → (goal, minutes, level, equipment) indices.
+def max_minutes(goal: str, level: str) -> int:
+    """Longest session the sampler draws for a goal × level ([ACSM09]: novices train in short
+    sessions; HIIT circuits rarely run past an hour, flexibility sessions past 45 minutes)."""
+    if goal == "mobility":
+        return 45
+    if goal == "fat_loss" or level == "beginner":
+        return 60
+    return 90 if level == "intermediate" else 120
 
-    A bijection on each block of 540 consecutive indices (every grid cell exactly
-    once), arranged so any 6 consecutive indices cover all goals, all levels and all
-    equipment sets, and any 30 cover all goal × minutes pairs.
-    """
+
+def _cell(i: int) -> tuple[int, int, int]:
+    """Index → (goal, level, equipment) indices: a bijection on each block of 108 consecutive indices
+    (every grid cell once); any 6 consecutive indices cover all goals."""
     j = i % GRID_SIZE
-    g = j % 6
-    m = (2 * (j // 6) + g) % 5
-    lvl = (j // 30 + j) % 3
-    e = (j // 90 + j) % 6
-    return g, m, lvl, e
+    return j % 6, (j // 6) % 3, (j // 18) % 6
 
 
 def _request_at(i: int, seed: int) -> RequestSpec:
     rnd = i // GRID_SIZE
     perm_rng = random.Random(f"pumpl-distill-perm:{seed}:{rnd}")
-    goals, minutes, levels, eqs = list(GOALS), list(MINUTES_CHOICES), list(LEVELS), list(EQUIPMENT_SETS)
-    for xs in (goals, minutes, levels, eqs):
+    goals, levels, eqs = list(GOALS), list(LEVELS), list(EQUIPMENT_SETS)
+    for xs in (goals, levels, eqs):
         perm_rng.shuffle(xs)  # type: ignore[arg-type]
-    g, m, lvl, e = _cell(i)
+    g, lvl, e = _cell(i)
     rng = random.Random(f"pumpl-distill-row:{seed}:{i}")
+    # Session lengths people of that level and goal realistically train (see max_minutes).
+    cap = max_minutes(goals[g], levels[lvl])
     limitations: list[str] = []
     if rng.random() < LIMITATION_RATE:
         limitations = rng.sample(list(LIMITATIONS), rng.choice((1, 1, 2)))
+    focus = rng.choice(FOCUSES) if rng.random() < FOCUS_RATE else None
     return RequestSpec.model_validate(
         {
             "goal": goals[g],
-            "minutes": minutes[m],
+            "minutes": rng.choice([m for m in MINUTES_CHOICES if m <= cap]),
             "level": levels[lvl],
             "equipment": list(eqs[e]),
-            "days_per_week": rng.randint(2, 5),
+            "days_per_week": rng.choice((2, 3, 3, 4, 4, 5, 6)),
             "limitations": limitations,
+            "focus": focus,
         }
     )
 
 
 def sample_requests(n: int, seed: int) -> list[RequestSpec]:
-    """``n`` requests, stratified over goals × MINUTES_CHOICES × levels × EQUIPMENT_SETS.
+    """``n`` requests, stratified over goals × levels × EQUIPMENT_SETS.
 
     Deterministic in ``(n, seed)``; request ``i`` depends only on ``(i, seed)``, so
     ``sample_requests(n, s)`` is a prefix of ``sample_requests(m, s)`` for ``n < m``.
-    Every 540 requests cover the full grid once (with seed-dependent order); days
-    per week are 2-5; ~30% carry one or two limitations. No request appears twice
-    (the first 540 are distinct by construction; later exact repeats are skipped).
+    Every 108 requests cover the grid once (with seed-dependent order); minutes are drawn from
+    MINUTES_CHOICES up to :func:`max_minutes`; days per week 2-6; ~30% carry one or two
+    limitations, ~25% a focus. No request appears twice (exact repeats are skipped).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")

@@ -1,27 +1,25 @@
-"""Evaluation of the base model and the LoRA adapter on the test split.
+"""Evaluation of the base model and the LoRA adapter on the test split, check by check.
 
-For every model in {"base", "adapter"} × mode in {"unconstrained", "constrained"} the
-report holds (fractions over ALL test examples; an invalid answer counts as a failure
-for every later metric):
+For every model in {"base", "adapter"} × mode in {"unconstrained", "served"} (served = the request-aware
+grammar of :mod:`pumpl_assets.core.grammar`, exactly what the server applies), on the SAME rows:
 
-* ``json_valid`` — the answer parses as JSON;
-* ``schema_valid`` — it parses as :class:`WorkoutPlanResponse`;
-* ``adherence`` — :func:`pumpl_assets.core.validate.adherence` ``.ok`` (duration, known
-  exercises, equipment, level, limitations);
-* ``duration_ok``, ``exercises_ok`` (known + equipment + level);
-* ``tokens_per_s`` (completion tokens / generation wall time of the mode),
-  ``latency_p50_ms`` / ``latency_p95_ms`` (per example: wall time of the batch it was
-  decoded in — what a client of a batched server would wait);
+* ``json_valid`` / ``schema_valid``;
+* one rate per domain check of :mod:`pumpl_assets.core.validate` (``duration``, ``goal_fidelity``,
+  ``safety``, ``split``, ``focus``, …) — a row whose answer is not a valid plan fails every check;
+* ``adherence`` — every check passed; ``model_adherence`` — every check the mode does NOT guarantee
+  passed (unconstrained: all of them; served: all but :data:`grammar.GUARANTEED_CHECKS`), i.e. what the
+  model decided;
+* ``tokens_per_s``, ``latency_p50_ms`` / ``latency_p95_ms`` (per example: wall time of its batch);
 
-plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt masked,
-token-weighted over the split) and ``<model>.perplexity`` (its exp).
+plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt masked) and its perplexity.
 
-Assumptions: ``test_rows`` has ``example_id``, ``request_json`` (a :class:`RequestSpec`)
-and ``plan_json`` (the reference answer). One model is loaded: the adapter is applied
-unmerged with PEFT and the base runs go through ``model.disable_adapter()``. Rows are
-sorted by prompt length before batching (less padding); greedy decoding, so results are
-deterministic. Constrained mode uses the request-aware schema of each row
-(:func:`pumpl_assets.core.grammar.request_plan_schema`).
+The model sees the request AS UNDERSTOOD from the row's free-text ``request_text`` (the split parses it
+with the serving parser and stores it as ``understood_json``; rows without it fall back to the request
+itself), and every answer is scored against the row's TRUE request (``request_json``): a parser
+mistake costs the plan its checks, as it would in production. Each row's generation budget is
+``1.5 ×`` its reference answer's tokens + 32 (capped by ``max_new_tokens``), the same rule for every
+model, so an untuned base that rambles costs bounded time. Greedy decoding; one model is loaded and
+the base runs go through ``model.disable_adapter()``.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ import contextlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,37 +38,33 @@ import polars as pl
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
-from pumpl_assets.core.grammar import request_plan_schema
+from pumpl_assets.core.grammar import GUARANTEED_CHECKS, NoSuitableExercisesError, request_plan_schema
 from pumpl_assets.core.io import atomic_path, write_json_atomic, write_parquet_atomic
 from pumpl_assets.core.prompts import render_example, render_prompt, request_to_prompt
 from pumpl_assets.core.schemas import RequestSpec
-from pumpl_assets.core.validate import validate_example
+from pumpl_assets.core.validate import DOMAIN_CHECKS, validate_example
 
-MODES: tuple[str, ...] = ("unconstrained", "constrained")
-MODE_METRICS: tuple[str, ...] = (
-    "json_valid",
-    "schema_valid",
-    "adherence",
-    "duration_ok",
-    "exercises_ok",
-    "tokens_per_s",
-    "latency_p50_ms",
-    "latency_p95_ms",
-)
+MODES: tuple[str, ...] = ("unconstrained", "served")
+GUARANTEED_BY_MODE: dict[str, tuple[str, ...]] = {"unconstrained": (), "served": GUARANTEED_CHECKS}
+RATE_METRICS: tuple[str, ...] = ("json_valid", "schema_valid", "adherence", "model_adherence", *DOMAIN_CHECKS)
+MODE_METRICS: tuple[str, ...] = (*RATE_METRICS, "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
 REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
+BUDGET_FACTOR = 1.5
+BUDGET_SLACK = 32
 
 PER_EXAMPLE_SCHEMA: dict[str, Any] = {
     "model": pl.String,
     "mode": pl.String,
     "example_id": pl.String,
     "request_json": pl.String,
+    "understood_json": pl.String,
     "text": pl.String,
     "finish_reason": pl.String,
     "json_valid": pl.Boolean,
     "schema_valid": pl.Boolean,
     "adherent": pl.Boolean,
-    "duration_ok": pl.Boolean,
-    "exercises_ok": pl.Boolean,
+    "model_adherent": pl.Boolean,
+    "failed_checks": pl.List(pl.String),
     "computed_minutes": pl.Float64,
     "reasons": pl.List(pl.String),
     "latency_ms": pl.Float64,
@@ -88,31 +83,36 @@ class EvalReport:
 class _Example:
     example_id: str
     request_json: str
-    request: RequestSpec
+    request: RequestSpec  # the true request (scoring)
+    understood: RequestSpec  # what the model is told (prompt and grammar)
     reference: str
     prompt: str
-    prompt_len: int
+    budget: int
 
 
-def _parse_rows(test_rows: pl.DataFrame, limit: int | None) -> list[tuple[str, str, RequestSpec, str]]:
+def _parse_rows(
+    test_rows: pl.DataFrame, limit: int | None
+) -> list[tuple[str, str, RequestSpec, RequestSpec, str]]:
     missing = [c for c in REQUIRED_COLUMNS if c not in test_rows.columns]
     if missing:
         raise ValueError(f"test_rows lacks column(s) {missing}; it has {test_rows.columns}")
     rows = test_rows.head(limit) if limit is not None else test_rows
     if rows.height == 0:
         raise ValueError("test_rows is empty; nothing to evaluate")
+    has_understood = "understood_json" in rows.columns
     out, bad = [], []
-    for r in rows.select(REQUIRED_COLUMNS).iter_rows(named=True):
+    for r in rows.iter_rows(named=True):
         eid = str(r["example_id"])
         try:
             req = RequestSpec.model_validate_json(r["request_json"])
+            seen = RequestSpec.model_validate_json(r["understood_json"]) if has_understood and r["understood_json"] else req
         except (ValueError, TypeError) as exc:
             bad.append(f"{eid}: {str(exc).splitlines()[0]}")
             continue
         if not isinstance(r["plan_json"], str) or not r["plan_json"]:
             bad.append(f"{eid}: empty plan_json")
             continue
-        out.append((eid, r["request_json"], req, r["plan_json"]))
+        out.append((eid, r["request_json"], req, seen, r["plan_json"]))
     if bad:
         raise ValueError(f"{len(bad)} test row(s) are malformed (fix the split): " + "; ".join(bad[:5]))
     return out
@@ -188,18 +188,38 @@ def answer_loss(
     return total / count, count
 
 
-def _score(ex: _Example, text: str, catalogue: ExerciseCatalogue) -> dict[str, Any]:
-    out = validate_example(ex.request, text, catalogue)
+def score_answer(request: RequestSpec, text: str, catalogue: ExerciseCatalogue, mode: str) -> dict[str, Any]:
+    """Per-example facts for one answer: validity, each check, adherence and model-decided adherence."""
+    out = validate_example(request, text, catalogue)
     adh = out.adherence
+    checks = adh.checks if adh is not None else dict.fromkeys(DOMAIN_CHECKS, False)
+    failed = [c for c in DOMAIN_CHECKS if not checks[c]]
+    guaranteed = set(GUARANTEED_BY_MODE[mode])
     return {
         "json_valid": out.stage != "json",
         "schema_valid": out.stage in ("domain", "ok"),
-        "adherent": bool(adh and adh.ok),
-        "duration_ok": bool(adh and adh.duration_ok),
-        "exercises_ok": bool(adh and adh.exercises_known and adh.equipment_ok and adh.level_ok),
+        "adherent": adh is not None and adh.ok,
+        "model_adherent": adh is not None and not [c for c in failed if c not in guaranteed],
+        "failed_checks": failed,
         "computed_minutes": adh.computed_minutes if adh else None,
         "reasons": list(out.reasons),
     }
+
+
+def mode_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Rates over ``rows`` (one model × mode): validity, adherence, and each check's pass rate."""
+    n = len(rows)
+    if n == 0:
+        raise ValueError("no rows to summarise")
+    out = {
+        "json_valid": sum(r["json_valid"] for r in rows) / n,
+        "schema_valid": sum(r["schema_valid"] for r in rows) / n,
+        "adherence": sum(r["adherent"] for r in rows) / n,
+        "model_adherence": sum(r["model_adherent"] for r in rows) / n,
+    }
+    for c in DOMAIN_CHECKS:
+        out[c] = sum(r["schema_valid"] and c not in r["failed_checks"] for r in rows) / n
+    return out
 
 
 def _run_mode(
@@ -210,18 +230,20 @@ def _run_mode(
     catalogue: ExerciseCatalogue,
     *,
     batch_size: int,
-    max_new_tokens: int,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict[str, Any]] = []
     gen_seconds, gen_tokens = 0.0, 0
     with _adapter_toggle(engine, model):
         for chunk in _batches(examples, batch_size):
-            schemas: list[dict | None] | None = (
-                [request_plan_schema(ex.request, catalogue) for ex in chunk]
-                if mode == "constrained"
-                else None
-            )
+            schemas: list[dict | None] | None = None
+            if mode == "served":
+                schemas = []
+                for ex in chunk:
+                    try:
+                        schemas.append(request_plan_schema(ex.understood, catalogue))
+                    except NoSuitableExercisesError:
+                        schemas.append(None)  # the server answers such a request without a grammar too
+            params = [GenerationParams(max_new_tokens=ex.budget, temperature=0.0) for ex in chunk]
             t0 = time.perf_counter()
             gens = engine.generate([ex.prompt for ex in chunk], params, schemas)
             dt = time.perf_counter() - t0
@@ -234,22 +256,18 @@ def _run_mode(
                         "mode": mode,
                         "example_id": ex.example_id,
                         "request_json": ex.request_json,
+                        "understood_json": ex.understood.key(),
                         "text": g.text,
                         "finish_reason": g.finish_reason,
-                        **_score(ex, g.text, catalogue),
+                        **score_answer(ex.request, g.text, catalogue, mode),
                         "latency_ms": dt * 1000.0,
                         "prompt_tokens": g.prompt_tokens,
                         "completion_tokens": g.completion_tokens,
                     }
                 )
-    n = len(rows)
     lat = [r["latency_ms"] for r in rows]
     metrics = {
-        "json_valid": sum(r["json_valid"] for r in rows) / n,
-        "schema_valid": sum(r["schema_valid"] for r in rows) / n,
-        "adherence": sum(r["adherent"] for r in rows) / n,
-        "duration_ok": sum(r["duration_ok"] for r in rows) / n,
-        "exercises_ok": sum(r["exercises_ok"] for r in rows) / n,
+        **mode_metrics(rows),
         "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else 0.0,
         "latency_p50_ms": _percentile(lat, 0.50),
         "latency_p95_ms": _percentile(lat, 0.95),
@@ -266,23 +284,19 @@ def evaluate_models(
     style: str,
     system_prompt: str | None,
     batch_size: int = 8,
-    max_new_tokens: int = 320,
+    max_new_tokens: int = 1536,
     modes: tuple[str, ...] | list[str] = MODES,
     include_base: bool = True,
     limit: int | None = None,
     engine: HFEngine | None = None,
-    base_limit: int | None = None,
     dtype: str = "auto",
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
-    ``engine`` may pass an already loaded :class:`HFEngine` (with the adapter applied
-    unmerged when ``adapter_dir`` is given); otherwise one is loaded and closed here.
-    ``base_limit`` caps how many examples the *base* model generates for (a deterministic
-    subset by example id): an untuned base rambles to ``max_new_tokens`` on every row, and a
-    few rows are enough to show it; test loss is still computed on every example.
-    ``dtype`` is the compute dtype of a loaded engine (``auto``: bf16 on a GPU or a CPU with
-    native bf16, else fp32); the summary's ``dtype_bf16`` records which one ran.
+    Every model is evaluated on exactly the same rows in every mode. ``engine`` may pass an already
+    loaded :class:`HFEngine` (with the adapter applied unmerged when ``adapter_dir`` is given);
+    otherwise one is loaded and closed here. ``dtype`` is the compute dtype of a loaded engine
+    (``auto``: bf16 on a GPU or a CPU with native bf16, else fp32); ``dtype_bf16`` records it.
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -301,14 +315,17 @@ def evaluate_models(
     try:
         tok = eng.tokenizer
         examples = []
-        for eid, rj, req, ref in parsed:
-            prompt = render_prompt(tok, request_to_prompt(req), system=system_prompt, style=style)
-            n = len(tok(prompt, add_special_tokens=False).input_ids)
-            examples.append(_Example(eid, rj, req, ref, prompt, n))
-        examples.sort(key=lambda e: (e.prompt_len, e.example_id))
+        for eid, rj, req, seen, ref in parsed:
+            prompt = render_prompt(tok, request_to_prompt(seen), system=system_prompt, style=style)
+            n_ref = len(tok(ref, add_special_tokens=False).input_ids)
+            budget = min(max_new_tokens, math.ceil(BUDGET_FACTOR * n_ref) + BUDGET_SLACK)
+            examples.append(_Example(eid, rj, req, seen, ref, prompt, budget))
+        # Similar budgets share a batch (a batch runs as long as its longest row).
+        examples.sort(key=lambda e: (e.budget, e.example_id))
 
         summary: dict[str, float] = {
             "n_examples": float(len(examples)),
+            "n_understood_differs": float(sum(e.understood != e.request for e in examples)),
             "dtype_bf16": float(getattr(eng, "dtype", "") == "bfloat16"),
         }
         all_rows: list[dict[str, Any]] = []
@@ -316,7 +333,7 @@ def evaluate_models(
             with _adapter_toggle(eng, model):
                 loss, n_tok = answer_loss(
                     eng,
-                    [(request_to_prompt(e.request), e.reference) for e in examples],
+                    [(request_to_prompt(e.understood), e.reference) for e in examples],
                     style=style,
                     system_prompt=system_prompt,
                     batch_size=batch_size,
@@ -324,21 +341,9 @@ def evaluate_models(
             summary[f"{model}.test_loss"] = loss
             summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
             summary[f"{model}.answer_tokens"] = float(n_tok)
-            gen_examples = examples
-            if model == "base" and adapter_dir is not None and base_limit is not None:
-                keep = {e.example_id for e in sorted(examples, key=lambda e: e.example_id)[:base_limit]}
-                gen_examples = [e for e in examples if e.example_id in keep]
-            summary[f"{model}.n_generated"] = float(len(gen_examples))
+            summary[f"{model}.n_generated"] = float(len(examples))
             for mode in modes:
-                rows, metrics = _run_mode(
-                    eng,
-                    model,
-                    mode,
-                    gen_examples,
-                    catalogue,
-                    batch_size=batch_size,
-                    max_new_tokens=max_new_tokens,
-                )
+                rows, metrics = _run_mode(eng, model, mode, examples, catalogue, batch_size=batch_size)
                 all_rows.extend(rows)
                 summary.update({f"{model}.{mode}.{k}": float(v) for k, v in metrics.items()})
         if eng._grammars is not None:
@@ -353,6 +358,22 @@ def evaluate_models(
             eng.close()
 
 
+def failure_causes(per_example: pl.DataFrame, *, top: int = 3) -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """``"<model>.<mode>" → check → [(reason without the exercise names, count), …]``: why checks failed."""
+    import re
+
+    out: dict[str, dict[str, list[tuple[str, int]]]] = {}
+    for (model, mode), grp in per_example.group_by(["model", "mode"], maintain_order=True):
+        causes: dict[str, Counter[str]] = {}
+        for reasons in grp["reasons"].to_list():
+            for r in reasons or []:
+                check, _, detail = r.partition(":")
+                generic = re.sub(r"'[^']*'", "'…'", re.sub(r"\d+(\.\d+)?", "N", detail.strip()))
+                causes.setdefault(check, Counter())[generic[:140]] += 1
+        out[f"{model}.{mode}"] = {c: cnt.most_common(top) for c, cnt in causes.items()}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
@@ -364,7 +385,7 @@ def _plot_rates(summary: dict[str, float], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["json_valid", "schema_valid", "adherence", "duration_ok", "exercises_ok"]
+    metrics = ["schema_valid", "adherence", "model_adherence", "duration", "goal_fidelity", "safety", "split"]
     combos = sorted({k.rsplit(".", 1)[0] for k in summary if k.endswith(".schema_valid")})
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
     width = 0.8 / max(1, len(combos))

@@ -16,7 +16,9 @@ from typing import Any
 
 import polars as pl
 
+from pumpl_assets.core.contraindications import PATTERNS, infer_patterns, verdict
 from pumpl_assets.core.schemas import LEVELS, Equipment, Level, Limitation
+from pumpl_assets.core.standard import Role
 
 # Columns of the normalized exercise table (raw asset output).
 EXERCISE_COLUMNS: dict[str, Any] = {
@@ -27,21 +29,12 @@ EXERCISE_COLUMNS: dict[str, Any] = {
     "mechanic": pl.String,
     "force": pl.String,
     "primary_muscles": pl.List(pl.String),
+    # Movement-pattern tags (core/contraindications.py) and where they came from: "catalogue" when
+    # the source carried them, else "rule:<rules that fired>".
+    "movement_patterns": pl.List(pl.String),
+    "patterns_source": pl.String,
 }
-
-# Limitation → what to avoid (muscles stressed, or categories with impact).
-LIMITATION_AVOID_MUSCLES: dict[str, set[str]] = {
-    "lower back": {"lower back"},
-    "shoulders": {"shoulders"},
-    "wrists": {"forearms"},
-    "knees": set(),
-}
-LIMITATION_AVOID_CATEGORIES: dict[str, set[str]] = {
-    "knees": {"plyometrics"},
-    "lower back": {"olympic weightlifting", "powerlifting", "strongman"},
-    "shoulders": {"olympic weightlifting"},
-    "wrists": set(),
-}
+_HOLD_NAME = re.compile(r"plank|hold|wall sit|carry|hang\b|l-sit")
 
 
 def normalize_name(name: str) -> str:
@@ -57,6 +50,49 @@ class CatalogueExercise:
     primary_muscles: tuple[str, ...]
     mechanic: str | None = None
     force: str | None = None
+    patterns: tuple[str, ...] | None = None  # None: not tagged; inferred by rules (see tags())
+    patterns_source: str | None = None
+
+    def tags(self) -> tuple[tuple[str, ...], str]:
+        """(movement patterns, source): the catalogue's tags, else the rules' (with the rule named)."""
+        if self.patterns is not None:
+            return self.patterns, self.patterns_source or "catalogue"
+        return infer_patterns(
+            self.name, self.category, self.force, self.mechanic, self.equipment, self.primary_muscles
+        )
+
+    def contraindications(self, limitations: Iterable[str]) -> dict[str, list[str]]:
+        """limitation → the excluded movement patterns this exercise has (empty: safe for all)."""
+        return verdict(self.tags()[0], limitations)
+
+    def safe_for(self, limitations: Iterable[str]) -> bool:
+        return not self.contraindications(limitations)
+
+    @property
+    def role(self) -> Role:
+        """Main-block role in the coaching standard (core/standard.py)."""
+        if self.category == "stretching":
+            return "stretch" if self.force == "static" else "drill"
+        if self.category in ("cardio", "plyometrics"):
+            return "conditioning"
+        if self.force == "static" or _HOLD_NAME.search(self.name.lower()):
+            return "hold"
+        return "primary" if self.mechanic == "compound" else "assistance"
+
+    @property
+    def timed(self) -> bool:
+        """Prescribed in seconds (holds, stretches, drills, cardio) rather than reps."""
+        return self.role in ("hold", "stretch", "drill") or self.category == "cardio"
+
+    @property
+    def warmup_ok(self) -> bool:
+        """Light dynamic movement or easy cardio: dynamic drills, beginner-level cardio."""
+        return self.role == "drill" or (self.category == "cardio" and self.level == "beginner")
+
+    @property
+    def cooldown_ok(self) -> bool:
+        """Static stretching (and foam rolling)."""
+        return self.role == "stretch" or (self.category == "stretching" and self.equipment == "foam roll")
 
     def suits(self, level: Level, equipment: Iterable[str], limitations: Iterable[str] = ()) -> bool:
         """Can a person of ``level`` with ``equipment`` and ``limitations`` do this exercise?"""
@@ -64,12 +100,32 @@ class CatalogueExercise:
             return False
         if self.equipment not in set(equipment) | {"body only"}:
             return False
-        for lim in limitations:
-            if LIMITATION_AVOID_MUSCLES.get(lim, set()) & set(self.primary_muscles):
-                return False
-            if self.category in LIMITATION_AVOID_CATEGORIES.get(lim, set()):
-                return False
-        return True
+        return self.safe_for(limitations)
+
+
+def tag_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    """``movement_patterns`` / ``patterns_source`` for a raw record: its own tags, else the rules'."""
+    tags = rec.get("patterns", rec.get("movement_patterns"))
+    if tags is not None:
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"patterns must be a list of pattern names, got {tags!r}")
+        unknown = sorted(set(tags) - set(_KNOWN_PATTERNS))
+        if unknown:
+            raise ValueError(f"unknown movement pattern(s) {unknown}; known: {sorted(_KNOWN_PATTERNS)}")
+        return {"movement_patterns": sorted(set(tags)), "patterns_source": rec.get("patterns_source") or "catalogue"}
+    muscles = rec.get("primaryMuscles") or rec.get("primary_muscles") or []
+    pats, rule = infer_patterns(
+        str(rec.get("name", "")),
+        rec.get("category"),
+        rec.get("force"),
+        rec.get("mechanic"),
+        rec.get("equipment") or "body only",
+        muscles,
+    )
+    return {"movement_patterns": list(pats), "patterns_source": rule}
+
+
+_KNOWN_PATTERNS = frozenset(PATTERNS)
 
 
 class ExerciseCatalogue:
@@ -109,6 +165,10 @@ class ExerciseCatalogue:
                     primary_muscles=tuple(row.get("primary_muscles") or ()),
                     mechanic=row.get("mechanic"),
                     force=row.get("force"),
+                    patterns=tuple(row["movement_patterns"])
+                    if row.get("movement_patterns") is not None
+                    else None,
+                    patterns_source=row.get("patterns_source"),
                 )
             )
         return cls(out)
@@ -124,6 +184,7 @@ class ExerciseCatalogue:
                 "mechanic": r.get("mechanic"),
                 "force": r.get("force"),
                 "primary_muscles": list(r.get("primaryMuscles") or r.get("primary_muscles") or []),
+                **tag_columns(r),
             }
             for r in records
         ]

@@ -1,15 +1,23 @@
-"""Request-aware JSON schemas for constrained decoding.
+"""Request-aware JSON schemas for constrained decoding (the served configuration).
 
-The served (and evaluated) grammar is the compact :class:`WorkoutPlanResponse` schema
-(``include_optional=False``: the derivable equipment/muscles/notes keys are dropped)
-whose exercise ``name`` is an enum of exactly the exercises the person can do:
-``catalogue.suitable(level, equipment, limitations)``. The grammar therefore makes
-unknown exercises, missing equipment and too-hard exercises impossible to emit;
-duration still depends on the model choosing sensible sets/reps/rest.
+The grammar guarantees what a grammar can honestly guarantee, and nothing that would do the model's
+arithmetic for it:
 
-Schemas are cached per (equipment, level, limitations) and catalogue; compiled grammars
-are cached separately by :class:`pumpl_assets.core.generation.GrammarCache` (keyed by the
-schema's hash), so a repeated request costs neither a schema build nor a compile.
+* the schema (JSON shape, the split / day vocabularies, item counts within the schema's bounds);
+* **allowed names per block**: warm-ups only from the light dynamic drills and easy cardio, cool-downs
+  only from static stretches, main work only from the roles the goal uses — each restricted to what
+  the person can do (``catalogue.suitable``: level, equipment, movement-pattern contraindications);
+* **the standard's ranges per role**: each main-block role is its own variant (its names, sets, reps or
+  seconds, rest — interval patterns as exact work:rest pairs), warm-up and cool-down item ranges.
+
+So these checks cannot fail in served mode (:data:`GUARANTEED_CHECKS`); the model still decides the
+split and its sessions, which exercises go on which day, how many exercises and sets fit the
+requested length (duration), warm-up and cool-down length, order, focus, duplicates and the declared
+fields — no block count, set count or hold time of any teacher's layout is written into the grammar.
+
+Schemas are cached per (equipment, level, limitations, goal) and catalogue; compiled grammars are
+cached separately by :class:`pumpl_assets.core.generation.GrammarCache` (keyed by the schema's hash),
+so a repeated request costs neither a schema build nor a compile.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from pumpl_assets.core.exercises import ExerciseCatalogue
-from pumpl_assets.core.layout import layout_for
-from pumpl_assets.core.schemas import RequestSpec, plan_json_schema
+from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
+from pumpl_assets.core.schemas import DAYS, MAX_COOLDOWN, MAX_MAIN, MAX_SESSIONS, MAX_WARMUP, SPLITS, RequestSpec, plan_json_schema
+from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP, Prescription
+
+# Checks the served grammar makes impossible to fail (the report marks them "guaranteed").
+GUARANTEED_CHECKS: tuple[str, ...] = ("catalogue", "equipment", "level", "safety", "goal_fidelity")
 
 _CACHE_SIZE = 256
 # Per catalogue object (weak, so a dropped catalogue drops its schemas), LRU by request key.
@@ -44,8 +55,7 @@ def request_key(request: RequestSpec | None) -> tuple[Any, ...]:
         tuple(sorted(request.equipment)),
         request.level,
         tuple(sorted(request.limitations)),
-        request.minutes,
-        request.days_per_week,
+        request.goal,
     )
 
 
@@ -83,9 +93,11 @@ def request_plan_schema(request: RequestSpec | None, catalogue: ExerciseCatalogu
             f"no catalogue exercise suits level={request.level!r}, equipment={request.equipment}, "
             f"limitations={request.limitations}; cannot build a request-aware grammar"
         )
-    schema = plan_json_schema(names, include_optional=False)
-    if request is not None:
-        apply_layout(schema, request)
+    schema = (
+        plan_json_schema(names, include_optional=False)
+        if request is None
+        else standard_plan_schema(request, catalogue.suitable(request.level, request.equipment, request.limitations))
+    )
     with _lock:
         lru[key] = schema
         while len(lru) > _CACHE_SIZE:
@@ -93,43 +105,83 @@ def request_plan_schema(request: RequestSpec | None, catalogue: ExerciseCatalogu
     return copy.deepcopy(schema)
 
 
-def _variants(block_schema: dict) -> list[dict]:
-    items = block_schema["items"]
-    return list(items.get("oneOf") or items.get("anyOf") or [items])
+def _int(lo: int, hi: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
 
 
-def apply_layout(schema: dict, request: RequestSpec) -> dict:
-    """Constrain the session's structure to the layout for the requested length (in place).
+def _item(names: list[str], props: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"name": {"type": "string", "enum": names}, **props},
+        "required": ["name", *required],
+        "additionalProperties": False,
+    }
 
-    The coach's rule for a standard length (:mod:`pumpl_assets.core.layout`): how many warm-up,
-    main and cool-down items, how many main sets, how long each warm-up/cool-down hold. The
-    model still chooses the exercises, the title, and each main exercise's reps/seconds and
-    rest (which make the duration right only if they follow the goal). ``total_minutes`` and
-    ``days_per_week`` are pinned to the request. Non-standard lengths keep the free structure.
-    """
-    props = schema["properties"]
-    props["total_minutes"] = {"type": "integer", "enum": [request.minutes]}
-    props["days_per_week"] = {"type": "integer", "enum": [request.days_per_week]}
-    layout = layout_for(request.minutes)
-    if layout is None:
-        return schema
-    sets, n_main, n_wc, hold = layout
-    session = props["session"]["properties"]
-    for block, count in (("warmup", n_wc), ("main", n_main), ("cooldown", n_wc)):
-        session[block]["minItems"] = session[block]["maxItems"] = count
-    for block in ("warmup", "cooldown"):
-        # Holds: the timed variant only, one set, the layout's seconds, no rest.
-        timed = [v for v in _variants(session[block]) if "work_s" in v.get("properties", {})]
-        for v in timed:
-            v["properties"]["work_s"] = {"type": "integer", "enum": [hold]}
-            v["properties"].pop("sets", None)
-            v["properties"].pop("rest_s", None)
-        session[block]["items"] = timed[0] if len(timed) == 1 else {"oneOf": timed}
-    for v in _variants(session["main"]):
-        v["properties"]["sets"] = {"type": "integer", "enum": [sets]}
-        if "sets" not in v.get("required", []):
-            v["required"] = [*v.get("required", []), "sets"]
-    return schema
+
+def _role_variants(names: list[str], p: Prescription) -> list[dict[str, Any]]:
+    """Main-block variants for one role: its names and the standard's ranges (property order as in
+    the compact plan JSON: name, sets, rest_s, reps | work_s)."""
+    sets = _int(*p.sets)
+    if p.patterns:
+        return [
+            _item(names, {"sets": sets, "rest_s": {"type": "integer", "enum": [r]}, "work_s": {"type": "integer", "enum": [w]}},
+                  ["sets", "rest_s", "work_s"])
+            for w, r in p.patterns
+        ]  # fmt: skip
+    amount = {"reps": _int(*p.reps)} if p.reps is not None else {"work_s": _int(*p.work_s)}  # type: ignore[misc]
+    return [_item(names, {"sets": sets, "rest_s": _int(*p.rest_s), **amount}, ["sets", "rest_s", *amount])]
+
+
+def _one_of(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    return variants[0] if len(variants) == 1 else {"oneOf": variants}
+
+
+def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]) -> dict[str, Any]:
+    """The served plan schema for ``request`` over the exercises it allows (see module doc)."""
+    roles = STANDARD[request.goal][request.level]
+    warm = sorted({e.name for e in suitable if e.warmup_ok})
+    cool = sorted({e.name for e in suitable if e.cooldown_ok})
+    main: list[dict[str, Any]] = []
+    for role, pres in roles.items():
+        names = sorted({e.name for e in suitable if e.role == role})
+        if names:
+            main += _role_variants(names, pres)
+    missing = [b for b, v in (("warm-up", warm), ("main", main), ("cool-down", cool)) if not v]
+    if missing:
+        raise NoSuitableExercisesError(
+            f"no catalogue exercise suits the {', '.join(missing)} block(s) for level={request.level!r}, "
+            f"equipment={request.equipment}, limitations={request.limitations}, goal={request.goal!r}"
+        )
+    session = {
+        "type": "object",
+        "properties": {
+            "day": {"type": "string", "enum": list(DAYS)},
+            "warmup": {
+                "type": "array", "minItems": 1, "maxItems": MAX_WARMUP,
+                "items": _item(warm, {"work_s": _int(*WARMUP.work_s)}, ["work_s"]),
+            },
+            "main": {"type": "array", "minItems": 1, "maxItems": MAX_MAIN, "items": _one_of(main)},
+            "cooldown": {
+                "type": "array", "minItems": 1, "maxItems": MAX_COOLDOWN,
+                "items": _item(cool, {"sets": _int(*COOLDOWN.sets), "work_s": _int(*COOLDOWN.work_s)}, ["work_s"]),
+            },
+        },
+        "required": ["day", "warmup", "main", "cooldown"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    base = plan_json_schema(None, include_optional=False)["properties"]
+    return {
+        "type": "object",
+        "properties": {
+            "title": base["title"],
+            "total_minutes": base["total_minutes"],
+            "days_per_week": base["days_per_week"],
+            "split": {"type": "string", "enum": list(SPLITS)},
+            "sessions": {"type": "array", "minItems": 1, "maxItems": MAX_SESSIONS, "items": session},
+        },
+        "required": ["title", "total_minutes", "days_per_week", "split", "sessions"],
+        "additionalProperties": False,
+    }
 
 
 def clear_cache() -> None:

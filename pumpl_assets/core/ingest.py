@@ -49,7 +49,7 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError
 
-from pumpl_assets.core.exercises import EXERCISE_COLUMNS, normalize_name
+from pumpl_assets.core.exercises import EXERCISE_COLUMNS, normalize_name, tag_columns
 from pumpl_assets.core.io import sha256_file, write_parquet_atomic
 from pumpl_assets.core.schemas import EQUIPMENT, LEVELS, Muscle, RequestSpec
 
@@ -464,6 +464,8 @@ def _exercise_row(rec: dict[str, Any]) -> dict[str, Any]:
         "force": (_text(rec.get("force")) or "").lower() or None,
         "primary_muscles": _muscles(muscles_raw),
     }
+    # Movement-pattern tags: the record's own, else inferred by rules (the rule is recorded).
+    out.update(tag_columns({**out, "patterns": rec.get("patterns", rec.get("movement_patterns"))}))
     return out
 
 

@@ -99,7 +99,7 @@ TRANSITION_SECONDS = 30  # moving between exercises, setting up equipment
 DURATION_TOLERANCE = 0.10  # computed duration must be within ±10% of the request
 
 MAX_WARMUP = 3
-MAX_MAIN = 8
+MAX_MAIN = 10
 MAX_COOLDOWN = 3
 
 

@@ -1,29 +1,33 @@
-"""Validation of workout plans against their requests (the ``validated`` data layer).
+"""Validation of workout plans against their requests and the coaching standard.
 
 Three stages, each with reasons that name the field or exercise at fault:
 
 1. ``json``   — the answer is not parseable JSON;
 2. ``schema`` — it is JSON but not a :class:`~pumpl_assets.core.schemas.WorkoutPlanResponse`;
-3. ``domain`` — it is a plan but does not fit the request or the catalogue.
+3. ``domain`` — it is a plan but breaks the request or the standard (:mod:`pumpl_assets.core.standard`).
 
-Domain rules (reasons are ``"<rule>: <detail>"``; ``<rule>`` is one of :data:`DOMAIN_RULES`):
+Domain checks (reasons are ``"<check>: <detail>"``; ``<check>`` is one of :data:`DOMAIN_CHECKS`):
 
-* ``duration``         — the duration COMPUTED from the content (sets × (work + rest) + transitions,
-  :meth:`WorkoutPlanResponse.computed_minutes`) is within ±:data:`DURATION_TOLERANCE` of the request.
-  The declared ``total_minutes`` proves nothing on its own;
-* ``declared_minutes`` — the declared ``total_minutes`` is within the same tolerance too;
-* ``days_per_week``    — equals the request's;
-* ``unknown_exercise`` — every exercise exists in the catalogue (normalized-name lookup);
-* ``equipment``        — every exercise needs only the request's equipment ("body only" is always
-  available), and an optional declared ``equipment`` agrees with the catalogue;
-* ``level``            — no exercise's catalogue level is above the request's level;
-* ``limitations``      — every exercise suits every limitation (:meth:`CatalogueExercise.suits`);
-* ``ranges``           — sets / rest / work seconds are sane for the block (:data:`BLOCK_LIMITS`;
-  the main block's minimum rest applies between sets of non-stretching, non-cardio exercises);
-* ``duplicate``        — no exercise appears twice in one block.
+* ``catalogue``     — every exercise exists in the catalogue (normalized-name lookup);
+* ``equipment``     — every exercise needs only the request's equipment ("body only" always available);
+* ``level``         — no exercise above the request's level;
+* ``safety``        — no exercise whose movement patterns the request's limitations exclude
+  (:mod:`pumpl_assets.core.contraindications`);
+* ``blocks``        — warm-ups are light dynamic drills or easy cardio, cool-downs static stretches, each
+  timed and sized to the session;
+* ``goal_fidelity`` — every main exercise has a role the goal uses and a prescription inside the
+  standard's ranges for goal × level × role (reps vs seconds included);
+* ``duration``      — EVERY session's length computed from its content (sets × (work + rest) +
+  transitions) is within ±:data:`DURATION_TOLERANCE` of the request;
+* ``split``         — the split is the standard's for the goal and days/week, with its sessions in order,
+  and each main exercise belongs to its session's day (core work fits every day);
+* ``focus``         — a requested focus gets ≥ 40% of the main work of every session that can train it;
+* ``order``         — resistance sessions put multi-joint before single-joint and large muscles before small;
+* ``duplicates``    — no exercise twice in one session;
+* ``declared``      — the declared ``total_minutes`` and ``days_per_week`` match the request.
 
-A plan is rejected with ALL reasons found, not just the first. :func:`validate_rows` applies this to a
-frame and never drops a row silently: ``len(rows) == len(accepted) + len(quarantine)``.
+A plan is rejected with ALL reasons found. :func:`validate_rows` applies this to a frame and never drops a
+row silently: ``len(rows) == len(accepted) + len(quarantine)``.
 """
 
 from __future__ import annotations
@@ -39,72 +43,74 @@ from pydantic import ValidationError
 from pumpl_assets.core.exercises import ExerciseCatalogue, normalize_name
 from pumpl_assets.core.schemas import (
     DURATION_TOLERANCE,
-    EQUIPMENT,
     LEVELS,
+    RepsExercise,
     RequestSpec,
     TimedExercise,
     WorkoutPlanResponse,
     dump_plan,
+    exercise_seconds,
     parse_plan,
+)
+from pumpl_assets.core.standard import (
+    COOLDOWN,
+    FOCUS_MUSCLES,
+    RESISTANCE_GOALS,
+    SPLIT_DAYS,
+    WARMUP,
+    cooldown_minutes,
+    fits_day,
+    focus_needed,
+    focus_possible,
+    order_rank,
+    prescription_for,
+    split_for,
+    warmup_minutes,
 )
 
 STAGES = ("request", "json", "schema", "domain", "ok")
-DOMAIN_RULES = (
-    "duration",
-    "declared_minutes",
-    "days_per_week",
-    "unknown_exercise",
+DOMAIN_CHECKS = (
+    "catalogue",
     "equipment",
     "level",
-    "limitations",
-    "ranges",
-    "duplicate",
+    "safety",
+    "blocks",
+    "goal_fidelity",
+    "duration",
+    "split",
+    "focus",
+    "order",
+    "duplicates",
+    "declared",
 )
+DOMAIN_RULES = DOMAIN_CHECKS  # kept name: validate_rows counts reasons per check
 # Every key validate_rows counts (zero-filled, so metadata has a stable shape).
-REASON_KEYS = ("request", "json", "schema", *DOMAIN_RULES)
+REASON_KEYS = ("request", "json", "schema", *DOMAIN_CHECKS)
 MAX_SCHEMA_REASONS = 8
-
-
-@dataclass(frozen=True)
-class BlockLimits:
-    """Sane prescription ranges for one block (on top of the schema's hard bounds)."""
-
-    max_sets: int
-    min_rest_s: int
-    max_rest_s: int
-    max_work_s: int
-
-
-# The minimum rest is recovery between working sets: it does not apply to a single set (rest after
-# the last set is moot) nor to stretching / steady cardio, where short or no pauses are normal.
-REST_EXEMPT_CATEGORIES = frozenset({"stretching", "cardio"})
-BLOCK_LIMITS: dict[str, BlockLimits] = {
-    "warmup": BlockLimits(max_sets=3, min_rest_s=0, max_rest_s=90, max_work_s=300),
-    "main": BlockLimits(max_sets=6, min_rest_s=15, max_rest_s=300, max_work_s=600),
-    "cooldown": BlockLimits(max_sets=3, min_rest_s=0, max_rest_s=90, max_work_s=300),
-}
 
 
 @dataclass
 class Adherence:
-    """Does a (schema-valid) plan fit its request? Unknown exercises only fail ``exercises_known``."""
+    """Per-check verdicts for a schema-valid plan (True = the check passed)."""
 
-    duration_ok: bool  # plan.computed_minutes() within ±DURATION_TOLERANCE of request.minutes
-    exercises_known: bool  # every exercise name exists in the catalogue
-    equipment_ok: bool  # every exercise needs only the request's equipment (body only always ok)
-    level_ok: bool  # no exercise above the request's level
-    limitations_ok: bool
-    computed_minutes: float
+    checks: dict[str, bool]
+    session_minutes: list[float]
 
     @property
     def ok(self) -> bool:
-        return (
-            self.duration_ok
-            and self.exercises_known
-            and self.equipment_ok
-            and self.level_ok
-            and self.limitations_ok
-        )
+        return all(self.checks.values())
+
+    @property
+    def computed_minutes(self) -> float:
+        return sum(self.session_minutes) / len(self.session_minutes) if self.session_minutes else 0.0
+
+    @property
+    def duration_ok(self) -> bool:
+        return self.checks["duration"]
+
+    @property
+    def safety_ok(self) -> bool:
+        return self.checks["safety"]
 
 
 @dataclass
@@ -125,88 +131,111 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
+def _timed(ex: RepsExercise | TimedExercise) -> bool:
+    return isinstance(ex, TimedExercise)
+
+
 def _domain_reasons(
     request: RequestSpec, plan: WorkoutPlanResponse, catalogue: ExerciseCatalogue
 ) -> tuple[Adherence, list[str]]:
-    reasons: list[str] = []
-    computed = plan.computed_minutes()
+    found: dict[str, list[str]] = {c: [] for c in DOMAIN_CHECKS}
     lo, hi = request.minutes * (1 - DURATION_TOLERANCE), request.minutes * (1 + DURATION_TOLERANCE)
-    duration_ok = minutes_within(computed, request.minutes)
-    if not duration_ok:
-        reasons.append(
-            f"duration: content computes to {_fmt(computed)} min, request asks {request.minutes} min "
-            f"(allowed {_fmt(lo)}-{_fmt(hi)})"
-        )
     if not minutes_within(plan.total_minutes, request.minutes):
-        reasons.append(
-            f"declared_minutes: total_minutes={plan.total_minutes} outside {_fmt(lo)}-{_fmt(hi)} "
-            f"for a {request.minutes}-min request"
-        )
+        found["declared"].append(f"total_minutes={plan.total_minutes} outside {_fmt(lo)}-{_fmt(hi)}")
     if plan.days_per_week != request.days_per_week:
-        reasons.append(f"days_per_week: plan has {plan.days_per_week}, request asks {request.days_per_week}")
+        found["declared"].append(f"plan has {plan.days_per_week} days/week, request asks {request.days_per_week}")
+    expected = split_for(request.goal, request.days_per_week)
+    if plan.split != expected:
+        found["split"].append(
+            f"split {plan.split} for {request.days_per_week} days/week of {request.goal}; the standard says {expected}"
+        )
+    want_days = list(SPLIT_DAYS[expected])
+    got_days = [s.day for s in plan.sessions]
+    if got_days != want_days:
+        found["split"].append(f"sessions {got_days}; a {expected} week holds {want_days}")
 
     available = set(request.equipment) | {"body only"}
     req_level = LEVELS.index(request.level)
-    known = equipment_ok = level_ok = limitations_ok = True
-    for block, items in plan.session.blocks().items():
-        limits = BLOCK_LIMITS[block]
+    minutes: list[float] = []
+    for si, session in enumerate(plan.sessions):
+        tag = f"session {si + 1} ({session.day})"
+        mins = sum(exercise_seconds(e) for e in session.all_exercises()) / 60.0
+        minutes.append(mins)
+        if not minutes_within(mins, request.minutes):
+            found["duration"].append(
+                f"{tag} computes to {_fmt(mins)} min, request asks {request.minutes} (allowed {_fmt(lo)}-{_fmt(hi)})"
+            )
         seen: set[str] = set()
-        for ex in items:
-            where = f"{block} '{ex.name}'"
-            key = normalize_name(ex.name)
-            if key in seen:
-                reasons.append(f"duplicate: {where} appears more than once in {block}")
-            seen.add(key)
-
-            if ex.sets > limits.max_sets:
-                reasons.append(f"ranges: {where} sets={ex.sets} > {limits.max_sets}")
-            cat = catalogue.get(ex.name)
-            if (
-                ex.sets > 1
-                and ex.rest_s < limits.min_rest_s
-                and (cat is None or cat.category not in REST_EXEMPT_CATEGORIES)
-            ):
-                reasons.append(f"ranges: {where} rest_s={ex.rest_s} < {limits.min_rest_s} between sets")
-            if ex.rest_s > limits.max_rest_s:
-                reasons.append(f"ranges: {where} rest_s={ex.rest_s} > {limits.max_rest_s}")
-            if isinstance(ex, TimedExercise) and ex.work_s > limits.max_work_s:
-                reasons.append(f"ranges: {where} work_s={ex.work_s} > {limits.max_work_s}")
-
-            if cat is None:
-                known = False
-                reasons.append(f"unknown_exercise: {where} is not in the exercise catalogue")
-                continue
-            if cat.equipment not in available:
-                equipment_ok = False
-                reasons.append(f"equipment: {where} needs {cat.equipment!r}, request has {sorted(available)}")
-            if ex.equipment is not None and ex.equipment != cat.equipment:
-                equipment_ok = False
-                reasons.append(
-                    f"equipment: {where} declares {ex.equipment!r}, catalogue says {cat.equipment!r}"
-                )
-            if LEVELS.index(cat.level) > req_level:
-                level_ok = False
-                reasons.append(f"level: {where} is {cat.level}, above the request's {request.level}")
-            for lim in request.limitations:
-                if not cat.suits("expert", EQUIPMENT, [lim]):
-                    limitations_ok = False
-                    reasons.append(
-                        f"limitations: {where} ({cat.category}; {', '.join(cat.primary_muscles) or 'no muscles'}) "
-                        f"is unsuitable with a {lim} limitation"
-                    )
-    adh = Adherence(
-        duration_ok=duration_ok,
-        exercises_known=known,
-        equipment_ok=equipment_ok,
-        level_ok=level_ok,
-        limitations_ok=limitations_ok,
-        computed_minutes=computed,
-    )
-    return adh, reasons
+        main_ranks: list[tuple[int, str]] = []
+        n_focus = 0
+        for block, items in session.blocks().items():
+            for ex in items:
+                where = f"{tag} {block} '{ex.name}'"
+                key = normalize_name(ex.name)
+                if key in seen:
+                    found["duplicates"].append(f"{where} appears more than once in the session")
+                seen.add(key)
+                cat = catalogue.get(ex.name)
+                if cat is None:
+                    found["catalogue"].append(f"{where} is not in the exercise catalogue")
+                    continue
+                if cat.equipment not in available or (ex.equipment is not None and ex.equipment != cat.equipment):
+                    found["equipment"].append(f"{where} needs {cat.equipment!r}, request has {sorted(available)}")
+                if LEVELS.index(cat.level) > req_level:
+                    found["level"].append(f"{where} is {cat.level}, above the request's {request.level}")
+                for lim, pats in cat.contraindications(request.limitations).items():
+                    found["safety"].append(f"{where} involves {', '.join(pats)}, excluded with a {lim} limitation")
+                if block == "warmup":
+                    if not (cat.warmup_ok and _timed(ex) and ex.sets == 1 and WARMUP.work_s[0] <= ex.work_s <= WARMUP.work_s[1]):  # type: ignore[union-attr]
+                        found["blocks"].append(f"{where} is not a timed light dynamic drill or easy cardio ({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s, one set)")
+                elif block == "cooldown":
+                    if not (cat.cooldown_ok and _timed(ex) and COOLDOWN.sets[0] <= ex.sets <= COOLDOWN.sets[1] and COOLDOWN.work_s[0] <= ex.work_s <= COOLDOWN.work_s[1]):  # type: ignore[union-attr]
+                        found["blocks"].append(f"{where} is not a timed static stretch ({COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s, {COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets)")
+                else:
+                    role = cat.role
+                    pres = prescription_for(request.goal, request.level, role)
+                    if pres is None:
+                        found["goal_fidelity"].append(f"{where} is {role} work, not part of a {request.goal} session")
+                    else:
+                        reps = ex.reps if isinstance(ex, RepsExercise) else None
+                        work = ex.work_s if isinstance(ex, TimedExercise) else None
+                        if pres.timed != _timed(ex):
+                            found["goal_fidelity"].append(
+                                f"{where} is prescribed in {'seconds' if _timed(ex) else 'reps'}; the standard prescribes {role} work for {request.goal} in {'seconds' if pres.timed else 'reps'}"
+                            )
+                        elif not pres.admits(ex.sets, ex.rest_s, reps, work):
+                            got = f"{ex.sets}×{reps if reps is not None else f'{work} s'} rest {ex.rest_s} s"
+                            found["goal_fidelity"].append(
+                                f"{where} {got} is outside the {request.level} {request.goal} standard for {role} work ({pres.describe()})"
+                            )
+                    if not fits_day(session.day, cat.primary_muscles, cat.force):
+                        found["split"].append(f"{where} ({', '.join(cat.primary_muscles)}) does not belong on a {session.day} day")
+                    main_ranks.append((order_rank(role, cat.primary_muscles), ex.name))
+                    if request.focus and set(cat.primary_muscles) & FOCUS_MUSCLES[request.focus]:
+                        n_focus += 1
+        if request.goal in RESISTANCE_GOALS:
+            for (r1, n1), (r2, n2) in zip(main_ranks, main_ranks[1:], strict=False):
+                if r2 < r1:
+                    found["order"].append(f"{tag} main: '{n2}' should come before '{n1}' (multi-joint and large muscles first)")
+                    break
+        if request.focus and focus_possible(session.day, request.focus) and main_ranks:
+            need = focus_needed(len(session.main))
+            if n_focus < need:
+                found["focus"].append(f"{tag} has {n_focus} {request.focus} exercise(s) in its main work; needs ≥ {need}")
+        warm_min = sum(exercise_seconds(e) for e in session.warmup) / 60.0
+        cool_min = sum(exercise_seconds(e) for e in session.cooldown) / 60.0
+        w_lo, w_hi = warmup_minutes(request.minutes)
+        c_lo, c_hi = cooldown_minutes(request.minutes)
+        if not w_lo - 1e-9 <= warm_min <= w_hi + 1e-9:
+            found["blocks"].append(f"{tag} warm-up lasts {_fmt(warm_min)} min; a {request.minutes}-min session needs {_fmt(w_lo)}-{_fmt(w_hi)}")
+        if not c_lo - 1e-9 <= cool_min <= c_hi + 1e-9:
+            found["blocks"].append(f"{tag} cool-down lasts {_fmt(cool_min)} min; a {request.minutes}-min session needs {_fmt(c_lo)}-{_fmt(c_hi)}")
+    reasons = [f"{c}: {r}" for c in DOMAIN_CHECKS for r in found[c]]
+    return Adherence(checks={c: not found[c] for c in DOMAIN_CHECKS}, session_minutes=minutes), reasons
 
 
 def adherence(request: RequestSpec, plan: WorkoutPlanResponse, catalogue: ExerciseCatalogue) -> Adherence:
-    """Request adherence of a schema-valid plan (the evaluation metric's per-example facts)."""
+    """Per-check adherence of a schema-valid plan (the evaluation's per-example facts)."""
     return _domain_reasons(request, plan, catalogue)[0]
 
 
@@ -243,7 +272,7 @@ def canonical_plan(plan: WorkoutPlanResponse, catalogue: ExerciseCatalogue) -> W
     Constrained decoding enumerates exact catalogue names, so training targets use them too.
     """
     out = plan.model_copy(deep=True)
-    for ex in out.session.all_exercises():
+    for ex in out.all_exercises():
         cat = catalogue.get(ex.name)
         if cat is not None:
             ex.name = cat.name

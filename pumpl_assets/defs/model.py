@@ -221,25 +221,24 @@ def lora_adapter(
     group_name=MODEL,
     deps=["lora_adapter", "split", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("eval-2", _GATES, EvalConfig().model_dump()),
+    code_version=code_version("eval-3", _GATES, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
-        gate_spec(
-            "adherence_constrained",
-            "eval_report",
-            "Request adherence with request-aware constrained decoding",
-        ),
-        gate_spec("better_than_base", "eval_report", "The adapter beats the base model"),
+        gate_spec("served_adherence", "eval_report", "Served plans that pass every check of the standard"),
+        gate_spec("served_safety", "eval_report", "Served plans free of contraindicated exercises (100%)"),
+        gate_spec("better_than_base", "eval_report", "Adapter beats the base on the model-decided checks"),
         gate_spec(
             "not_worse_than_champion", "eval_report", "Champion/challenger: no regression beyond tolerance"
         ),
     ],
-    description="Base vs adapter on the test split, unconstrained and constrained: validity, adherence, loss.",
+    description="Base vs adapter on the same test rows (free-text requests), unconstrained and served: "
+    "every check of the coaching standard, guaranteed vs model-decided, loss.",
 )
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    from pumpl_assets.core.evaluate import evaluate_models, write_eval_outputs
+    from pumpl_assets.core.evaluate import evaluate_models, failure_causes, write_eval_outputs
+    from pumpl_assets.core.gates import eval_gates
     from pumpl_assets.core.prompts import resolve_style
 
     spec = spec_for(context)
@@ -260,53 +259,17 @@ def eval_report(
             max_new_tokens=config.max_new_tokens or spec.eval_max_new_tokens,
             include_base=config.include_base,
             limit=config.limit,
-            base_limit=config.base_limit if config.base_limit is not None else spec.eval_base_limit,
         )
         d = out_dir(context)
         paths = write_eval_outputs(report, d)
     s = report.summary
-    g = spec.gates
+    causes = failure_causes(report.per_example)
+    write_json_atomic(d / "failure_causes.json", causes)
     champion = mlflow.registry().get_champion(p)
-    sv = s.get("adapter.unconstrained.schema_valid", 0.0)
-    adh = s.get("adapter.constrained.adherence", 0.0)
-    base_sv = s.get("base.unconstrained.schema_valid")
-    base_adh = s.get("base.constrained.adherence")
-    better = (
-        True
-        if base_sv is None
-        else (sv > base_sv or (sv == base_sv and adh > (base_adh or 0.0)))
-        and s.get("adapter.test_loss", math.inf) < s.get("base.test_loss", math.inf)
+    gates = eval_gates(
+        s, spec.gates, champion.metrics if champion else None, champion.version if champion else None
     )
-    if champion is None:
-        champ_ok, champ_msg = True, "no champion yet: the first passing model becomes champion"
-    else:
-        c_sv = float(champion.metrics.get("adapter.unconstrained.schema_valid", 0.0))
-        c_adh = float(champion.metrics.get("adapter.constrained.adherence", 0.0))
-        champ_ok = sv >= c_sv - g.champion_tolerance and adh >= c_adh - g.champion_tolerance
-        champ_msg = f"challenger sv={sv:.3f} adh={adh:.3f} vs champion v{champion.version} sv={c_sv:.3f} adh={c_adh:.3f}"
-    checks = [
-        check(
-            "schema_valid",
-            sv >= g.min_schema_valid,
-            f"{sv:.1%} schema-valid; need ≥ {g.min_schema_valid:.0%}",
-            schema_valid=sv,
-        ),
-        check(
-            "adherence_constrained",
-            adh >= g.min_adherence_constrained,
-            f"{adh:.1%} adherent (constrained); need ≥ {g.min_adherence_constrained:.0%}; "
-            f"unconstrained {s.get('adapter.unconstrained.adherence', 0.0):.1%}",
-            adherence_constrained=adh,
-            adherence_unconstrained=s.get("adapter.unconstrained.adherence", 0.0),
-        ),
-        check(
-            "better_than_base",
-            better,
-            f"adapter sv={sv:.3f} loss={s.get('adapter.test_loss', math.nan):.3f} vs base "
-            f"sv={base_sv} loss={s.get('base.test_loss', math.nan):.3f}",
-        ),
-        check("not_worse_than_champion", champ_ok, champ_msg),
-    ]
+    checks = [check(gt.name, gt.passed, gt.description, **gt.metadata) for gt in gates]
     write_gates(d, checks)
     write_json_atomic(d / "summary_for_registry.json", s)
     registry = mlflow.registry()
@@ -314,20 +277,22 @@ def eval_report(
         registry.log_metrics(
             {k.replace("@", "_"): float(v) for k, v in s.items() if isinstance(v, int | float)}
         )
-        for path in paths.values():
+        for path in [*paths.values(), d / "failure_causes.json"]:
             if Path(path).suffix in (".png", ".json"):
                 registry.log_artifact(Path(path))
     plots = {f"plot_{Path(v).stem}": _png_md(Path(v)) for v in paths.values() if Path(v).suffix == ".png"}
+    from pumpl_assets.core.report import check_table_markdown
+
     return dg.MaterializeResult(
         metadata={
             **metadata(
                 {
-                    "summary": s,
                     "n_test": int(test.height),
                     "wall_s": t["wall_s"],
                     **{f"path_{k}": v for k, v in paths.items()},
                 }
             ),
+            "checks": dg.MetadataValue.md(check_table_markdown(s, causes)),
             **{k: dg.MetadataValue.float(float(v)) for k, v in s.items() if isinstance(v, int | float)},
             **plots,
         },
@@ -418,6 +383,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
 )
 def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.MaterializeResult:
     from pumpl_assets.core.evaluate import compare_schema_valid, evaluate_models
+    from pumpl_assets.core.gates import awq_gates
     from pumpl_assets.core.prompts import resolve_style
     from pumpl_assets.core.quantize import fit_group_size, select_quantizer
 
@@ -453,27 +419,19 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         merged_eval = evaluate_models(merged_dir, None, test, cat, **kw)
         awq_eval = evaluate_models(q.out_dir, None, test, cat, **kw)
     cmp = compare_schema_valid(merged_eval.per_example, awq_eval.per_example)
-    merged_sv, awq_sv, n_eval, drop = cmp.reference_rate, cmp.candidate_rate, cmp.n, cmp.drop
-    tolerance = spec.gates.max_awq_schema_drop
-    checks = [
-        check(
-            "size_ratio",
-            q.size_ratio <= spec.gates.max_awq_size_ratio,
-            f"{q.size_bytes / 1e6:.1f} MB / {q.source_size_bytes / 1e6:.1f} MB = {q.size_ratio:.3f}",
-            size_ratio=q.size_ratio,
-        ),
-        check(
-            "schema_valid_drop",
-            drop <= tolerance + 1e-9,
-            f"merged {merged_sv:.1%} → awq {awq_sv:.1%} on the same {n_eval} test rows (drop "
-            f"{drop * 100:.1f} points, {cmp.regressions} row(s) lost, {cmp.improvements} gained; allowed "
-            f"{tolerance * 100:.1f}; one row = {100 / max(n_eval, 1):.1f})",
-            merged_schema_valid=merged_sv,
-            awq_schema_valid=awq_sv,
-            n_examples=n_eval,
-            regressions=cmp.regressions,
-        ),
-    ]
+    merged_sv, awq_sv, n_eval = cmp.reference_rate, cmp.candidate_rate, cmp.n
+    gates = awq_gates(
+        q.size_ratio,
+        spec.gates.max_awq_size_ratio,
+        cmp.drop,
+        spec.gates.max_awq_schema_drop,
+        cmp.n,
+        cmp.regressions,
+        cmp.improvements,
+        merged_sv,
+        awq_sv,
+    )
+    checks = [check(gt.name, gt.passed, gt.description, **gt.metadata) for gt in gates]
     write_gates(d, checks)
     write_json_atomic(
         d / "awq_eval.json",

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from pumpl_assets.core.teachers.base import Teacher, TeacherResult, redact
-from pumpl_assets.core.teachers.offline import OfflineTeacher, PlanningError, plan_for_request, plan_scheme
+from pumpl_assets.core.teachers.offline import OfflineTeacher, PlanningError, plan_for_request
 
 TEACHER_CHOICES = ("auto", "offline", "claude")
 
@@ -38,6 +38,5 @@ __all__ = [
     "TeacherResult",
     "get_teacher",
     "plan_for_request",
-    "plan_scheme",
     "redact",
 ]

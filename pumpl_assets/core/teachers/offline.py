@@ -1,45 +1,43 @@
-"""A deterministic, rule-based planner over the exercise catalogue (no network, no key).
+"""A deterministic, rule-based coach over the exercise catalogue (no network, no key).
 
-Design (so a 135M model can learn to imitate it in minutes):
+It writes plans to the coaching standard (:mod:`pumpl_assets.core.standard`), the same standard the
+Claude teacher is prompted with and validation scores against:
 
-* **Fixed structure per (goal, minutes).** :func:`plan_scheme` picks, by a
-  deterministic search, how many warm-up / main / cool-down exercises a session
-  has and their sets, reps or work seconds and rest. Two requests with the same
-  goal and length share the exact same numbers; only the chosen exercises and the
-  title differ. The scheme is solved so the plan's computed duration
-  (:meth:`WorkoutPlanResponse.computed_minutes`, via
-  :func:`pumpl_assets.core.schemas.exercise_seconds`) is within ±5% of the
-  requested minutes (in practice ≤ 1%), for any length 10..120.
-* **Seeded by the request.** Exercise choice uses ``random.Random`` seeded with a
-  sha256 of :meth:`RequestSpec.key`, so the same request always yields the same plan.
-* **Constraint-respecting.** Only :meth:`ExerciseCatalogue.suitable` exercises
-  (level, equipment, limitations); no duplicate within a block (nor across blocks
-  while the pool allows); main work rotates through muscle groups for balance.
-* **Goal rules.** Warm-up: cardio, light body-weight and stretches, timed.
-  Main: strength 4-6 reps with long rest; hypertrophy 8-12 reps; endurance 15-20
-  reps with short rest; fat loss timed circuits; mobility timed stretches; general
-  fitness mixed strength / plyometric / cardio at 12 reps. Cool-down: stretches, timed.
+* **Split by days/week**: full body for 1-3 days (and for fat-loss circuits and mobility work),
+  upper/lower for 4, push/pull/legs for 5-7 — one distinct session per day of the split.
+* **Prescriptions by goal × level × role**, drawn per plan from the standard's ranges in round
+  numbers (e.g. an intermediate strength plan might use 4×5 with 180 s rest on the main lifts and
+  3×8 with 90 s on assistance work), so plans vary while every number stays inside the standard.
+* **Session length decides how much main work fits**: warm-up and cool-down are sized to the session,
+  main exercises are added in the standard's order (multi-joint first, large muscles before small,
+  holds last) while they fit, then sets, rests and warm-up length are adjusted so the computed length
+  lands within ±5% of the request. Realistic rests come first: a long-rest strength session simply
+  holds fewer exercises.
+* **Safe and suitable**: only :meth:`ExerciseCatalogue.suitable` exercises (level, equipment,
+  movement-pattern contraindications); warm-ups are light dynamic drills and easy cardio, cool-downs
+  static stretches of the muscles just trained; a requested focus gets ≥ 40% of the main work of
+  every session that can train it; no exercise twice in a session; variety across sessions.
+* **Seeded by the request** (sha256 of :meth:`RequestSpec.key`): the same request, the same plan.
 
-If a block has no suitable exercise the request gets an error result with the
-reason (never an invalid plan).
+If the catalogue cannot serve a request to the standard (e.g. no stretch for a cool-down, or a
+session length the standard cannot fill), :class:`PlanningError` says why and the request is
+quarantined by distillation, never answered with a plan that breaks the standard.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
 from pumpl_assets.core.schemas import (
     MAX_COOLDOWN,
     MAX_MAIN,
     MAX_WARMUP,
-    SECONDS_PER_REP,
     TRANSITION_SECONDS,
-    Goal,
     RepsExercise,
     RequestSpec,
     TimedExercise,
@@ -47,200 +45,100 @@ from pumpl_assets.core.schemas import (
     WorkoutPlanResponse,
     dump_plan,
 )
+from pumpl_assets.core.standard import (
+    FOCUS_MUSCLES,
+    RESISTANCE_GOALS,
+    SPLIT_DAYS,
+    WARMUP,
+    Prescription,
+    fits_day,
+    focus_needed,
+    focus_possible,
+    order_rank,
+    prescription_for,
+    split_for,
+    warmup_minutes,
+)
 from pumpl_assets.core.teachers.base import TeacherResult
 
-OFFLINE_MODEL = "pumpl-offline-planner-v1"
-PLANNER_TOLERANCE = 0.05  # the planner's own bound, tighter than validation's
+OFFLINE_MODEL = "pumpl-offline-coach-v2"
+PLANNER_TOLERANCE = 0.08  # the planner's own bound, tighter than validation's ±10%
+
+NICE_REPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
+NICE_REST = (10, 15, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300)
+NICE_WORK = (15, 20, 25, 30, 40, 45, 60)
 
 
 class PlanningError(ValueError):
-    """The catalogue cannot serve this request (e.g. no suitable exercise for a block)."""
+    """The catalogue cannot serve this request to the standard (the message says why)."""
 
 
 @dataclass(frozen=True)
-class MainScheme:
+class Dose:
+    """One concrete prescription: sets × (reps | work seconds), rest between sets."""
+
     sets: int
     rest_s: int
     reps: int | None = None
     work_s: int | None = None
 
     def seconds(self) -> int:
-        work = self.reps * SECONDS_PER_REP if self.reps is not None else int(self.work_s or 0)
+        work = self.reps * 3 if self.reps is not None else int(self.work_s or 0)
         return self.sets * (work + self.rest_s) + TRANSITION_SECONDS
 
 
-# Preference-ordered: the solver takes the earliest scheme that fits well.
-GOAL_SCHEMES: dict[str, tuple[MainScheme, ...]] = {
-    "strength": (
-        MainScheme(4, 120, reps=5),
-        MainScheme(3, 120, reps=5),
-        MainScheme(5, 150, reps=5),
-        MainScheme(5, 180, reps=4),
-        MainScheme(6, 180, reps=4),
-        MainScheme(2, 90, reps=6),
-    ),
-    "hypertrophy": (
-        MainScheme(3, 60, reps=10),
-        MainScheme(4, 60, reps=10),
-        MainScheme(2, 60, reps=10),
-        MainScheme(4, 90, reps=12),
-        MainScheme(5, 90, reps=12),
-        MainScheme(5, 120, reps=12),
-    ),
-    "endurance": (
-        MainScheme(3, 30, reps=15),
-        MainScheme(3, 30, reps=20),
-        MainScheme(2, 30, reps=15),
-        MainScheme(4, 45, reps=20),
-        MainScheme(5, 60, reps=20),
-        MainScheme(6, 90, reps=20),
-    ),
-    "fat_loss": (
-        MainScheme(3, 20, work_s=40),
-        MainScheme(4, 20, work_s=40),
-        MainScheme(2, 20, work_s=40),
-        MainScheme(5, 30, work_s=60),
-        MainScheme(6, 45, work_s=60),
-        MainScheme(6, 60, work_s=60),
-    ),
-    "mobility": (
-        MainScheme(2, 15, work_s=45),
-        MainScheme(3, 15, work_s=45),
-        MainScheme(2, 15, work_s=30),
-        MainScheme(3, 20, work_s=60),
-        MainScheme(4, 20, work_s=60),
-        MainScheme(4, 30, work_s=90),
-        MainScheme(5, 30, work_s=120),
-        MainScheme(6, 30, work_s=120),
-    ),
-    "general_fitness": (
-        MainScheme(3, 45, reps=12),
-        MainScheme(4, 45, reps=12),
-        MainScheme(2, 45, reps=12),
-        MainScheme(4, 75, reps=12),
-        MainScheme(5, 90, reps=12),
-        MainScheme(6, 120, reps=12),
-    ),
-}
-
-WC_IDEAL_WORK_S = 60  # ideal seconds per warm-up / cool-down item
-WC_WORK_BOUNDS = (30, 120)
+def _nice(values: Sequence[int], lo: int, hi: int) -> list[int]:
+    inside = [v for v in values if lo <= v <= hi]
+    return inside or [lo, hi]
 
 
-@dataclass(frozen=True)
-class PlanScheme:
-    """The full numeric structure of a session; exercises are filled in per request."""
-
-    n_warmup: int
-    warmup_sets: int
-    warmup_work_s: int
-    main: MainScheme
-    n_main: int
-    n_cooldown: int
-    cooldown_sets: int
-    cooldown_work_s: int
-
-    def seconds(self) -> int:
-        wc = self.n_warmup * (self.warmup_sets * self.warmup_work_s + TRANSITION_SECONDS)
-        wc += self.n_cooldown * (self.cooldown_sets * self.cooldown_work_s + TRANSITION_SECONDS)
-        return wc + self.n_main * self.main.seconds()
+def _draw_dose(p: Prescription, rng: random.Random) -> Dose:
+    sets = rng.randint(p.sets[0], p.sets[1])
+    if p.patterns:
+        work, rest = p.patterns[rng.randrange(len(p.patterns))]
+        return Dose(sets, rest, work_s=work)
+    rest = rng.choice(_nice(NICE_REST, *p.rest_s))
+    if p.reps is not None:
+        return Dose(sets, rest, reps=rng.choice(_nice(NICE_REPS, *p.reps)))
+    assert p.work_s is not None
+    return Dose(sets, rest, work_s=rng.choice(_nice(NICE_WORK, *p.work_s)))
 
 
-def _wc_count(minutes: int) -> int:
-    return 1 if minutes <= 20 else 2 if minutes <= 45 else 3
+def _seed(request: RequestSpec) -> int:
+    return int(hashlib.sha256(request.key().encode("utf-8")).hexdigest()[:16], 16)
 
 
-# Learnable layout for the standard session lengths (pumpl_assets.core.layout): a 135M model learns
-# "minutes → counts" (5 classes) and "goal → reps/rest" (6 classes) separately; the old
-# per-(goal, minutes) search gave ~30 layouts and the fine-tuned model got ~35% of durations right.
-from pumpl_assets.core.layout import GOAL_SET, MINUTES_LAYOUT  # noqa: E402
+# --------------------------------------------------------------------------------------------- picking
 
 
-def fixed_scheme(
-    goal: str, minutes: int, max_warmup: int, max_main: int, max_cooldown: int
-) -> PlanScheme | None:
-    """The fixed layout for a standard length, or None (non-standard length or too small a pool)."""
-    layout = MINUTES_LAYOUT.get(minutes)
-    if layout is None or goal not in GOAL_SET:
+def _pick(
+    pool: Sequence[CatalogueExercise],
+    rng: random.Random,
+    *,
+    exclude: set[str],
+    avoid: set[str],
+    prefer: set[str] | None = None,
+    prefer_level: str | None = None,
+    muscle: str | None = None,
+) -> CatalogueExercise | None:
+    """One exercise from ``pool``: never in ``exclude``; avoids ``avoid`` (used elsewhere this week)
+    while alternatives remain; then prefers the target muscle, preferred equipment and the level."""
+    cands = sorted((e for e in pool if e.name not in exclude), key=lambda e: e.name)
+    if not cands:
         return None
-    sets, n_main, n_wc, wc_work = layout
-    if n_main > max_main or n_wc > max_warmup or n_wc > max_cooldown:
-        return None
-    reps, work_s, rest = GOAL_SET[goal]
-    main = MainScheme(sets, rest, reps=reps, work_s=work_s)
-    scheme = PlanScheme(n_wc, 1, wc_work, main, n_main, n_wc, 1, wc_work)
-    if abs(scheme.seconds() - minutes * 60) > PLANNER_TOLERANCE * minutes * 60:
-        return None
-    return scheme
+    for keep in (
+        lambda e: e.name not in avoid,
+        lambda e: muscle is None or muscle in e.primary_muscles,
+        lambda e: not prefer or e.equipment in prefer,
+        lambda e: prefer_level is None or e.level == prefer_level,
+    ):
+        narrowed = [e for e in cands if keep(e)]
+        # Soft preferences (80%): plans still mix in other kit, levels and muscles.
+        if narrowed and rng.random() < 0.8:
+            cands = narrowed
+    return cands[rng.randrange(len(cands))]
 
 
-@functools.lru_cache(maxsize=4096)
-def plan_scheme(
-    goal: Goal | str,
-    minutes: int,
-    max_warmup: int = MAX_WARMUP,
-    max_main: int = MAX_MAIN,
-    max_cooldown: int = MAX_COOLDOWN,
-) -> PlanScheme:
-    """The deterministic structure for (goal, minutes); ``max_*`` shrink it to small exercise pools.
-
-    Searches (main scheme, main count, warm-up/cool-down sets) and splits the
-    remaining time evenly over warm-up and cool-down items in 5 s steps. Cost
-    prefers earlier schemes, ≥ 2 main exercises, single-set warm-up/cool-down
-    items and items close to 60 s. Raises :class:`PlanningError` if nothing fits
-    within ±5% (only for lengths outside 10..120 or degenerate pools).
-    """
-    if goal not in GOAL_SCHEMES:
-        raise PlanningError(f"unknown goal {goal!r}; choose one of {sorted(GOAL_SCHEMES)}")
-    if max_warmup < 1 or max_main < 1 or max_cooldown < 1:
-        raise PlanningError("every block needs at least one exercise")
-    fixed = fixed_scheme(str(goal), minutes, max_warmup, max_main, max_cooldown)
-    if fixed is not None:
-        return fixed
-    target = minutes * 60
-    n_w = min(_wc_count(minutes), max_warmup)
-    n_c = min(_wc_count(minutes), max_cooldown)
-    best: tuple[float, PlanScheme] | None = None
-    for idx, main in enumerate(GOAL_SCHEMES[goal]):
-        for n_main in range(1, max_main + 1):
-            for wc_sets in (1, 2, 3):
-                rest = target - n_main * main.seconds() - (n_w + n_c) * TRANSITION_SECONDS
-                if rest <= 0:
-                    continue
-                work = round(rest / ((n_w + n_c) * wc_sets) / 5.0) * 5
-                if not WC_WORK_BOUNDS[0] <= work <= WC_WORK_BOUNDS[1]:
-                    continue
-                scheme = PlanScheme(n_w, wc_sets, work, main, n_main, n_c, wc_sets, work)
-                if abs(scheme.seconds() - target) > PLANNER_TOLERANCE * target:
-                    continue
-                cost = (
-                    idx * 25
-                    + abs(work - WC_IDEAL_WORK_S)
-                    + (60 if n_main == 1 else 0)
-                    + (wc_sets - 1) * 150
-                    + abs(scheme.seconds() - target) / 10
-                )
-                if best is None or cost < best[0]:
-                    best = (cost, scheme)
-    if best is None:
-        raise PlanningError(f"no session structure fits {minutes} min for goal {goal!r} within ±5%")
-    return best[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Exercise pools
-
-MAIN_CATEGORIES: dict[str, frozenset[str]] = {
-    "strength": frozenset({"strength", "powerlifting", "olympic weightlifting"}),
-    "hypertrophy": frozenset({"strength", "powerlifting"}),
-    "endurance": frozenset({"strength", "plyometrics"}),
-    "fat_loss": frozenset({"plyometrics", "cardio", "strength"}),
-    "mobility": frozenset({"stretching"}),
-    "general_fitness": frozenset({"strength", "plyometrics", "cardio"}),
-}
-TIMED_MAIN_GOALS = frozenset({"fat_loss", "mobility"})
-
-# Rotation for balanced main work (rarely trained muscles only as a fallback).
 MUSCLE_ROTATION: tuple[str, ...] = (
     "quadriceps",
     "chest",
@@ -256,88 +154,228 @@ MUSCLE_ROTATION: tuple[str, ...] = (
     "lower back",
 )
 
-GOAL_TITLES: dict[str, str] = {
-    "strength": "Strength",
-    "hypertrophy": "Muscle Builder",
-    "endurance": "Endurance",
-    "fat_loss": "Fat Burn",
-    "mobility": "Mobility Flow",
-    "general_fitness": "Fitness",
-}
-TITLE_ADJECTIVES: tuple[str, ...] = (
-    "Full-Body",
-    "Total-Body",
-    "Foundation",
-    "Power",
-    "Balanced",
-    "Classic",
-    "Express",
-    "Steady",
-)
+
+def _roles_for(goal: str, level: str) -> dict[str, Prescription]:
+    roles = {
+        r: p for r in ("primary", "assistance", "hold", "conditioning", "stretch", "drill")
+        if (p := prescription_for(goal, level, r)) is not None
+    }  # fmt: skip
+    if not roles:
+        raise PlanningError(f"the coaching standard has no prescription for goal={goal!r} level={level!r}")
+    return roles
 
 
-def _seed(request: RequestSpec) -> int:
-    return int(hashlib.sha256(request.key().encode("utf-8")).hexdigest()[:16], 16)
+def _role_sequence(goal: str, rng: random.Random) -> list[str]:
+    """The order roles are filled in (the standard's order: multi-joint first, holds last)."""
+    if goal in RESISTANCE_GOALS:
+        seq = ["primary", "primary", "assistance", "primary", "assistance", "assistance", "primary", "assistance",
+               "assistance", "primary"]  # fmt: skip
+        return seq[:-1] + ["hold"] if rng.random() < 0.5 else seq
+    if goal == "fat_loss":
+        return ["primary", "conditioning", "primary", "conditioning", "assistance", "conditioning", "hold", "primary",
+                "conditioning", "assistance"]  # fmt: skip
+    return ["drill", "stretch", "stretch", "drill", "stretch", "stretch", "drill", "stretch", "stretch", "drill"]
 
 
-def _warmup_pool(suitable: Sequence[CatalogueExercise]) -> list[CatalogueExercise]:
-    return [
-        e
-        for e in suitable
-        if e.category == "cardio"
-        or (e.category == "stretching" and e.equipment == "body only")
-        or (e.category == "strength" and e.equipment == "body only" and e.level == "beginner")
-    ]
+@dataclass
+class _Item:
+    ex: CatalogueExercise
+    dose: Dose
+    role: str
 
 
-def _cooldown_pool(suitable: Sequence[CatalogueExercise]) -> list[CatalogueExercise]:
-    return [e for e in suitable if e.category == "stretching"]
+def _item_model(item: _Item) -> RepsExercise | TimedExercise:
+    d = item.dose
+    if d.reps is not None:
+        return RepsExercise(name=item.ex.name, sets=d.sets, rest_s=d.rest_s, reps=d.reps)
+    return TimedExercise(name=item.ex.name, sets=d.sets, rest_s=d.rest_s, work_s=int(d.work_s or 0))
 
 
-def _main_pool(goal: str, suitable: Sequence[CatalogueExercise]) -> list[CatalogueExercise]:
-    cats = MAIN_CATEGORIES[goal]
-    return [e for e in suitable if e.category in cats]
-
-
-def _pick_distinct(
+def _edge_items(
     pool: Sequence[CatalogueExercise],
     n: int,
     rng: random.Random,
     *,
-    avoid: set[str],
-    prefer_equipment: set[str],
-    prefer_compound: bool,
-    balance: bool,
+    exclude: set[str],
+    prefer_muscles: Sequence[str] = (),
+    first_cardio: bool = False,
 ) -> list[CatalogueExercise]:
-    """``n`` distinct exercises from ``pool``; skips names in ``avoid`` while alternatives remain."""
-    remaining = sorted({e.name: e for e in pool}.values(), key=lambda e: e.name)
-    fresh = [e for e in remaining if e.name not in avoid]
-    if len(fresh) >= n:
-        remaining = fresh
-    chosen: list[CatalogueExercise] = []
-    muscles_present = [m for m in MUSCLE_ROTATION if any(m in e.primary_muscles for e in remaining)]
-    offset = rng.randrange(len(muscles_present)) if muscles_present else 0
-    for i in range(n):
-        if not remaining:
+    out: list[CatalogueExercise] = []
+    taken = set(exclude)
+    cardio = [e for e in pool if e.category == "cardio" and e.name not in taken]
+    if first_cardio and cardio:
+        out.append(cardio[rng.randrange(len(cardio))])
+        taken.add(out[-1].name)
+    for i in range(n - len(out)):
+        target = prefer_muscles[i % len(prefer_muscles)] if prefer_muscles else None
+        pick = _pick(pool, rng, exclude=taken, avoid=set(), muscle=target)
+        if pick is None:
             break
-        cands = remaining
-        if balance and muscles_present:
-            target = muscles_present[(offset + i) % len(muscles_present)]
-            by_muscle = [e for e in remaining if target in e.primary_muscles]
-            if by_muscle:
-                cands = by_muscle
-        if prefer_equipment:
-            eq = [e for e in cands if e.equipment in prefer_equipment]
-            if eq and rng.random() < 0.8:
-                cands = eq
-        if prefer_compound:
-            comp = [e for e in cands if e.mechanic == "compound"]
-            if comp and rng.random() < 0.8:
-                cands = comp
-        pick = cands[rng.randrange(len(cands))]
-        chosen.append(pick)
-        remaining = [e for e in remaining if e.name != pick.name]
-    return chosen
+        out.append(pick)
+        taken.add(pick.name)
+    return out
+
+
+def _session(
+    request: RequestSpec,
+    day: str,
+    suitable: Sequence[CatalogueExercise],
+    doses: dict[str, Dose],
+    rng: random.Random,
+    used_main: set[str],
+) -> WorkoutDay:
+    target = request.minutes * 60
+    where = f"{day} session (goal={request.goal}, level={request.level}, equipment={request.equipment}, limitations={request.limitations or 'none'})"
+    warm_pool = [e for e in suitable if e.warmup_ok]
+    cool_pool = [e for e in suitable if e.cooldown_ok]
+    main_pool = [e for e in suitable if e.role in doses and fits_day(day, e.primary_muscles, e.force)]
+    for block, pool in (("warm-up", warm_pool), ("main", main_pool), ("cool-down", cool_pool)):
+        if not pool:
+            raise PlanningError(f"no suitable {block} exercise in the catalogue for the {where}")
+
+    # Warm-up and cool-down sized to the session ([ACSM-FLEX]).
+    n_warm = min(MAX_WARMUP, len(warm_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 60 else 3)
+    n_cool = min(MAX_COOLDOWN, len(cool_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 45 else 3)
+    w_lo, w_hi = warmup_minutes(request.minutes)
+    warm_total = min(w_hi, max(w_lo, request.minutes * 0.15)) * 60
+    warm_work = _clamp(round((warm_total / n_warm - TRANSITION_SECONDS) / 15) * 15, *WARMUP.work_s)
+    cool_sets = 2 if request.minutes <= 75 else 3
+    cool_work = 30
+
+    # Main work: fill in the standard's order while it fits.
+    focus_muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
+    want_focus = bool(request.focus) and focus_possible(day, str(request.focus))
+    budget = target - n_warm * (warm_work + TRANSITION_SECONDS) - n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
+    prefer_eq = {e for e in request.equipment if e != "body only"}
+    items: list[_Item] = []
+    chosen: set[str] = set()
+    offset = rng.randrange(len(MUSCLE_ROTATION))
+    for i, role in enumerate(_role_sequence(request.goal, rng)):
+        if len(items) >= MAX_MAIN or role not in doses:
+            continue
+        pool = [e for e in main_pool if e.role == role]
+        n_focus = sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles)
+        if want_focus and n_focus < focus_needed(len(items) + 1):
+            # Focus first: a focus exercise of this role, else of any role the goal uses.
+            focus_pool = [e for e in main_pool if set(e.primary_muscles) & focus_muscles and e.name not in chosen]
+            same_role = [e for e in focus_pool if e.role == role]
+            pool = same_role or focus_pool or pool
+            if pool and pool[0].role != role and not same_role:
+                role = pool[0].role if len({e.role for e in pool}) == 1 else rng.choice(sorted({e.role for e in pool}))
+                pool = [e for e in pool if e.role == role]
+        dose = doses[role]
+        if dose.seconds() > budget + 0.4 * dose.seconds():
+            continue
+        pick = _pick(
+            pool,
+            rng,
+            exclude=chosen,
+            avoid=used_main,
+            prefer=prefer_eq,
+            prefer_level=request.level,
+            muscle=MUSCLE_ROTATION[(offset + i) % len(MUSCLE_ROTATION)] if request.goal != "mobility" else None,
+        )
+        if pick is None:
+            continue
+        items.append(_Item(pick, dose, role))
+        chosen.add(pick.name)
+        budget -= dose.seconds()
+    if not items:
+        raise PlanningError(f"no main exercise fits the {request.minutes}-min {where}")
+    if want_focus and sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles) < focus_needed(len(items)):
+        raise PlanningError(f"not enough {request.focus} exercises for the {where}")
+    items.sort(key=lambda it: order_rank(it.role, it.ex.primary_muscles))
+
+    # Land the length: adjust sets (within the standard), then the warm-up length.
+    warm_work = _fit(request, items, n_warm, warm_work, n_cool, cool_sets, cool_work, target)
+    warm_ex = _edge_items(warm_pool, n_warm, rng, exclude=chosen, first_cardio=rng.random() < 0.7)
+    trained = [m for it in items for m in it.ex.primary_muscles]
+    cool_ex = _edge_items(cool_pool, n_cool, rng, exclude=chosen | {e.name for e in warm_ex}, prefer_muscles=trained)
+    if len(warm_ex) < n_warm or len(cool_ex) < n_cool:
+        raise PlanningError(f"not enough distinct warm-up/cool-down exercises for the {where}")
+    used_main.update(chosen)
+    return WorkoutDay(
+        day=day,  # type: ignore[arg-type]
+        warmup=[TimedExercise(name=e.name, work_s=warm_work) for e in warm_ex],
+        main=[_item_model(it) for it in items],
+        cooldown=[TimedExercise(name=e.name, sets=cool_sets, work_s=cool_work) for e in cool_ex],
+    )
+
+
+def _clamp(x: float, lo: int, hi: int) -> int:
+    return int(min(hi, max(lo, x)))
+
+
+def _fit(
+    request: RequestSpec,
+    items: list[_Item],
+    n_warm: int,
+    warm_work: int,
+    n_cool: int,
+    cool_sets: int,
+    cool_work: int,
+    target: int,
+) -> int:
+    """Adjust main sets (inside the standard) and then warm-up seconds until within tolerance."""
+
+    def total(w: int) -> int:
+        return (
+            sum(it.dose.seconds() for it in items)
+            + n_warm * (w + TRANSITION_SECONDS)
+            + n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
+        )
+
+    for _ in range(8 * len(items)):
+        err = total(warm_work) - target
+        if abs(err) <= PLANNER_TOLERANCE * target * 0.6:
+            break
+        step = -1 if err > 0 else 1
+        best: tuple[float, int, Dose] | None = None
+        for idx, it in enumerate(items):
+            p = prescription_for(request.goal, request.level, it.role)
+            assert p is not None
+            options = []
+            if p.sets[0] <= it.dose.sets + step <= p.sets[1]:
+                options.append(replace(it.dose, sets=it.dose.sets + step))
+            if not p.patterns:  # rest moves one round number inside the standard's range
+                rests = _nice(NICE_REST, *p.rest_s)
+                j = rests.index(it.dose.rest_s) + step if it.dose.rest_s in rests else -1
+                if 0 <= j < len(rests):
+                    options.append(replace(it.dose, rest_s=rests[j]))
+            for new in options:
+                gain = abs(err + new.seconds() - it.dose.seconds())
+                if gain < abs(err) and (best is None or gain < best[0]):
+                    best = (gain, idx, new)
+        if best is None:
+            break
+        items[best[1]].dose = best[2]
+    err = total(warm_work) - target
+    if abs(err) > PLANNER_TOLERANCE * target * 0.6:
+        w_lo, w_hi = warmup_minutes(request.minutes)
+        lo = max(WARMUP.work_s[0], math.ceil((w_lo * 60 / n_warm - TRANSITION_SECONDS) / 15) * 15)
+        hi = min(WARMUP.work_s[1], math.floor((w_hi * 60 / n_warm - TRANSITION_SECONDS) / 15) * 15)
+        ideal = warm_work - err / n_warm
+        warm_work = _clamp(round(ideal / 15) * 15, lo, max(lo, hi))
+    if abs(total(warm_work) - target) > PLANNER_TOLERANCE * target:
+        raise PlanningError(
+            f"the coaching standard cannot fill a {request.minutes}-min {request.goal} session for a "
+            f"{request.level} with this catalogue (closest: {total(warm_work) / 60:.1f} min)"
+        )
+    return warm_work
+
+
+# --------------------------------------------------------------------------------------------- titles
+
+GOAL_TITLES: dict[str, str] = {
+    "strength": "Strength",
+    "hypertrophy": "Muscle Builder",
+    "endurance": "Endurance",
+    "fat_loss": "HIIT Burn",
+    "mobility": "Mobility Flow",
+    "general_fitness": "Fitness",
+}
+SPLIT_TITLES = {"full_body": "Full-Body", "upper_lower": "Upper/Lower", "push_pull_legs": "Push/Pull/Legs"}
+TITLE_ADJECTIVES: tuple[str, ...] = ("Foundation", "Power", "Balanced", "Classic", "Express", "Steady", "Core")
 
 
 def _equipment_word(request: RequestSpec) -> str:
@@ -361,89 +399,32 @@ def _equipment_word(request: RequestSpec) -> str:
 
 
 def plan_for_request(request: RequestSpec, catalogue: ExerciseCatalogue) -> WorkoutPlanResponse:
-    """The offline teacher's plan for one request (deterministic). Raises :class:`PlanningError`."""
+    """The offline coach's plan for one request (deterministic). Raises :class:`PlanningError`."""
     rng = random.Random(_seed(request))
     suitable = catalogue.suitable(request.level, request.equipment, request.limitations)
-    warm_pool = _warmup_pool(suitable)
-    main_pool = _main_pool(request.goal, suitable)
-    cool_pool = _cooldown_pool(suitable)
-    where = (
-        f"(goal={request.goal}, level={request.level}, equipment={request.equipment}, "
-        f"limitations={request.limitations or 'none'})"
-    )
-    for block, pool in (("warm-up", warm_pool), ("main", main_pool), ("cool-down", cool_pool)):
-        if not pool:
-            raise PlanningError(f"no suitable {block} exercise in the catalogue for {where}")
-
-    scheme = plan_scheme(
-        request.goal,
-        request.minutes,
-        min(MAX_WARMUP, len({e.name for e in warm_pool})),
-        min(MAX_MAIN, len({e.name for e in main_pool})),
-        min(MAX_COOLDOWN, len({e.name for e in cool_pool})),
-    )
-    prefer_eq: set[str] = {e for e in request.equipment if e != "body only"}
-    main_ex = _pick_distinct(
-        main_pool,
-        scheme.n_main,
-        rng,
-        avoid=set(),
-        prefer_equipment=prefer_eq,
-        prefer_compound=request.goal in ("strength", "fat_loss"),
-        balance=request.goal != "mobility",
-    )
-    used = {e.name for e in main_ex}
-    cardio_first = [e for e in warm_pool if e.category == "cardio"]
-    warm_ex: list[CatalogueExercise] = []
-    if cardio_first and rng.random() < 0.7:
-        warm_ex.append(cardio_first[rng.randrange(len(cardio_first))])
-    warm_ex += _pick_distinct(
-        [e for e in warm_pool if e not in warm_ex],
-        scheme.n_warmup - len(warm_ex),
-        rng,
-        avoid=used,
-        prefer_equipment=set(),
-        prefer_compound=False,
-        balance=False,
-    )
-    used |= {e.name for e in warm_ex}
-    cool_ex = _pick_distinct(
-        cool_pool,
-        scheme.n_cooldown,
-        rng,
-        avoid=used,
-        prefer_equipment=set(),
-        prefer_compound=False,
-        balance=False,
-    )
-    if len(main_ex) < scheme.n_main or len(warm_ex) < scheme.n_warmup or len(cool_ex) < scheme.n_cooldown:
-        raise PlanningError(f"not enough distinct suitable exercises for {where}")  # pragma: no cover
-
-    m = scheme.main
-    main_items: list[RepsExercise | TimedExercise] = [
-        RepsExercise(name=e.name, sets=m.sets, rest_s=m.rest_s, reps=m.reps)
-        if m.reps is not None
-        else TimedExercise(name=e.name, sets=m.sets, rest_s=m.rest_s, work_s=int(m.work_s or 0))
-        for e in main_ex
-    ]
-    warm_items: list[RepsExercise | TimedExercise] = [
-        TimedExercise(name=e.name, sets=scheme.warmup_sets, rest_s=0, work_s=scheme.warmup_work_s)
-        for e in warm_ex
-    ]
-    cool_items: list[RepsExercise | TimedExercise] = [
-        TimedExercise(name=e.name, sets=scheme.cooldown_sets, rest_s=0, work_s=scheme.cooldown_work_s)
-        for e in cool_ex
+    roles = _roles_for(request.goal, request.level)
+    doses = {role: _draw_dose(p, rng) for role, p in roles.items()}
+    if request.goal == "fat_loss":  # one interval pattern for the whole circuit
+        first = doses[next(iter(doses))]
+        doses = {role: first for role in doses}
+    split = split_for(request.goal, request.days_per_week)
+    used_main: set[str] = set()
+    sessions = [
+        _session(request, day, suitable, doses, rng, used_main) for day in SPLIT_DAYS[split]
     ]
     title = f"{TITLE_ADJECTIVES[rng.randrange(len(TITLE_ADJECTIVES))]} {_equipment_word(request)} {GOAL_TITLES[request.goal]}"
+    if split != "full_body":
+        title = f"{SPLIT_TITLES[split]} {_equipment_word(request)} {GOAL_TITLES[request.goal]}"
     plan = WorkoutPlanResponse(
-        title=title[:40],
+        title=title[:60],
         total_minutes=request.minutes,
         days_per_week=request.days_per_week,
-        session=WorkoutDay(warmup=warm_items, main=main_items, cooldown=cool_items),
+        split=split,  # type: ignore[arg-type]
+        sessions=sessions,
     )
-    err = abs(plan.computed_minutes() - request.minutes) / request.minutes
-    if err > PLANNER_TOLERANCE:  # pragma: no cover - guarded by plan_scheme
-        raise PlanningError(f"planned {plan.computed_minutes():.1f} min for a {request.minutes} min request")
+    for mins in plan.session_minutes():
+        if abs(mins - request.minutes) > PLANNER_TOLERANCE * request.minutes:  # pragma: no cover - _fit
+            raise PlanningError(f"planned {mins:.1f} min for a {request.minutes} min request")
     return plan
 
 

@@ -1,0 +1,144 @@
+"""Quality-gate arithmetic and the champion/challenger policy, Dagster-free.
+
+Assets call these and wrap each :class:`Gate` into a blocking ``AssetCheckResult``
+(:func:`pumpl_assets.common.check`); tests call them directly with numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pumpl_assets.core.catalogue import GateThresholds
+from pumpl_assets.core.grammar import GUARANTEED_CHECKS
+from pumpl_assets.core.validate import DOMAIN_CHECKS
+
+MODEL_DECIDED_SERVED = tuple(c for c in DOMAIN_CHECKS if c not in GUARANTEED_CHECKS)
+
+
+@dataclass
+class Gate:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _get(summary: Mapping[str, float], key: str, default: float = float("nan")) -> float:
+    v = summary.get(key, default)
+    return float(default if v is None else v)
+
+
+def served_adherence_threshold(g: GateThresholds) -> tuple[float, bool]:
+    """(threshold in force, provisional?) — a partition may carry a measured provisional figure
+    beside the 90% goal (catalogue.py says which and why); it never applies silently."""
+    if g.provisional_served_adherence is not None:
+        return g.provisional_served_adherence, True
+    return g.min_served_adherence, False
+
+
+def eval_gates(
+    summary: Mapping[str, float], g: GateThresholds, champion: Mapping[str, float] | None, champion_version: str | None = None
+) -> list[Gate]:
+    """The eval_report gates over an :func:`evaluate.evaluate_models` summary.
+
+    * ``schema_valid`` — the fine-tuned model, unconstrained, writes schema-valid plans (≥ threshold);
+    * ``served_adherence`` — every check at once, served configuration (≥ 90% goal, or the partition's
+      provisional figure, reported as such);
+    * ``served_safety`` — no contraindicated exercise in any served plan (100%);
+    * ``better_than_base`` — on the same rows, the adapter beats the base on the checks the served
+      configuration leaves to the model (and on test loss);
+    * ``not_worse_than_champion`` — served adherence and safety no worse than the champion's
+      (within tolerance); the first passing model becomes champion.
+    """
+    sv = _get(summary, "adapter.unconstrained.schema_valid", 0.0)
+    adh = _get(summary, "adapter.served.adherence", 0.0)
+    unc_adh = _get(summary, "adapter.unconstrained.adherence", 0.0)
+    safety = _get(summary, "adapter.served.safety", 0.0)
+    thr, provisional = served_adherence_threshold(g)
+    a_model = _get(summary, "adapter.served.model_adherence", 0.0)
+    b_model = _get(summary, "base.served.model_adherence")
+    a_loss, b_loss = _get(summary, "adapter.test_loss", math.inf), _get(summary, "base.test_loss")
+    n_a, n_b = _get(summary, "adapter.n_generated", 0.0), _get(summary, "base.n_generated")
+    gates = [
+        Gate(
+            "schema_valid",
+            sv >= g.min_schema_valid,
+            f"{sv:.1%} schema-valid (adapter, unconstrained); need ≥ {g.min_schema_valid:.0%}",
+            {"schema_valid": sv},
+        ),
+        Gate(
+            "served_adherence",
+            adh >= thr - 1e-9,
+            f"{adh:.1%} of served plans pass every check; need ≥ {thr:.0%}"
+            + (f" (PROVISIONAL measured figure; the goal is {g.min_served_adherence:.0%})" if provisional else "")
+            + f"; model-decided checks {a_model:.1%}; unconstrained adherence {unc_adh:.1%}",
+            {"served_adherence": adh, "threshold": thr, "provisional": provisional, "goal": g.min_served_adherence,
+             "unconstrained_adherence": unc_adh},
+        ),  # fmt: skip
+        Gate(
+            "served_safety",
+            safety >= g.min_served_safety - 1e-9,
+            f"{safety:.1%} of served plans free of contraindicated exercises; need {g.min_served_safety:.0%}",
+            {"served_safety": safety},
+        ),
+    ]
+    if math.isnan(b_model) or math.isnan(b_loss):
+        gates.append(Gate("better_than_base", False, "the base model was not evaluated; cannot compare"))
+    elif n_a != n_b:
+        gates.append(Gate("better_than_base", False, f"adapter on {n_a:.0f} rows, base on {n_b:.0f}: not the same rows"))
+    else:
+        better = a_model > b_model and a_loss < b_loss
+        gates.append(
+            Gate(
+                "better_than_base",
+                better,
+                f"model-decided checks (served, same {n_a:.0f} rows): adapter {a_model:.1%} vs base {b_model:.1%}; "
+                f"test loss {a_loss:.3f} vs {b_loss:.3f}",
+                {"adapter_model_adherence": a_model, "base_model_adherence": b_model},
+            )
+        )
+    gates.append(champion_gate(summary, champion, g.champion_tolerance, champion_version))
+    return gates
+
+
+def champion_gate(
+    summary: Mapping[str, float], champion: Mapping[str, float] | None, tolerance: float, version: str | None = None
+) -> Gate:
+    """Champion/challenger: the challenger may be at most ``tolerance`` worse on served adherence and
+    must not be less safe. A champion evaluated under an older standard (no served metrics) is replaced."""
+    if champion is None:
+        return Gate("not_worse_than_champion", True, "no champion yet: the first passing model becomes champion")
+    if "adapter.served.adherence" not in champion:
+        return Gate(
+            "not_worse_than_champion", True, f"champion v{version} was scored under an earlier standard; not comparable"
+        )
+    adh, safety = _get(summary, "adapter.served.adherence", 0.0), _get(summary, "adapter.served.safety", 0.0)
+    c_adh, c_safety = float(champion["adapter.served.adherence"]), float(champion.get("adapter.served.safety", 0.0))
+    ok = adh >= c_adh - tolerance and safety >= c_safety
+    return Gate(
+        "not_worse_than_champion",
+        ok,
+        f"challenger served adherence {adh:.3f}, safety {safety:.3f} vs champion v{version} {c_adh:.3f}, {c_safety:.3f} "
+        f"(tolerance {tolerance:.2f})",
+    )
+
+
+def awq_gates(size_ratio: float, max_ratio: float, drop: float, max_drop: float, n: int, regressions: int, improvements: int,
+              reference_rate: float, candidate_rate: float) -> list[Gate]:  # fmt: skip
+    """AWQ: artifact size against the merged model, schema-valid drop on the same rows."""
+    return [
+        Gate("size_ratio", size_ratio <= max_ratio, f"AWQ / merged size = {size_ratio:.3f} (≤ {max_ratio})",
+             {"size_ratio": size_ratio}),
+        Gate(
+            "schema_valid_drop",
+            drop <= max_drop + 1e-9,
+            f"merged {reference_rate:.1%} → awq {candidate_rate:.1%} on the same {n} test rows (drop {drop * 100:.1f} "
+            f"points, {regressions} row(s) lost, {improvements} gained; allowed {max_drop * 100:.1f}; one row = "
+            f"{100 / max(n, 1):.1f})",
+            {"merged_schema_valid": reference_rate, "awq_schema_valid": candidate_rate, "n_examples": n,
+             "regressions": regressions},
+        ),
+    ]  # fmt: skip

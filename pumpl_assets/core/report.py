@@ -1,0 +1,50 @@
+"""Human-readable renderings of evaluation results (Dagster metadata, README, CLI report)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pumpl_assets.core.evaluate import RATE_METRICS
+from pumpl_assets.core.grammar import GUARANTEED_CHECKS
+
+COLUMNS = (
+    ("base", "unconstrained"),
+    ("base", "served"),
+    ("adapter", "unconstrained"),
+    ("adapter", "served"),
+)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def check_table_markdown(
+    summary: Mapping[str, float], causes: Mapping[str, Mapping[str, list[tuple[str, int]]]] | None = None
+) -> str:
+    """Per-check pass rates for base / adapter × unconstrained / served, which checks the served
+    grammar guarantees, and the adapter's most common served failure cause per check."""
+    head = "| check | " + " | ".join(f"{m} {mode}" for m, mode in COLUMNS) + " | served: | top served failure |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    served_causes = (causes or {}).get("adapter.served", {})
+    for metric in RATE_METRICS:
+        vals = " | ".join(_pct(summary.get(f"{m}.{mode}.{metric}")) for m, mode in COLUMNS)
+        if metric in ("adherence", "model_adherence"):
+            who = "—"
+        elif metric in GUARANTEED_CHECKS or metric in ("json_valid", "schema_valid"):
+            who = "guaranteed"
+        else:
+            who = "model"
+        top = served_causes.get(metric) or []
+        cause = f"{top[0][0]} (×{top[0][1]})" if top else ""
+        lines.append(f"| {metric} | {vals} | {who} | {cause.replace('|', '/')} |")
+    n = summary.get("n_examples")
+    lines.append("")
+    lines.append(
+        f"Rows: {int(n) if n else '?'} test examples, the same rows for every column; requests reach the model "
+        f"through the free-text parser ({int(summary.get('n_understood_differs', 0))} understood differently "
+        f"from the true request). Test loss: base {summary.get('base.test_loss', float('nan')):.3f}, adapter "
+        f"{summary.get('adapter.test_loss', float('nan')):.3f}."
+    )
+    return "\n".join(lines)

@@ -281,20 +281,21 @@ _NEG = r"(?:no|not|without|zero|never|don't|dont|do not|doesn't|does not|isn't|a
 
 _GOAL_PATTERNS: list[tuple[str, str]] = [
     ("fat_loss", r"fat[ _-]?loss|hiit|h\.i\.i\.t|high[- ]intensity|intervals?|tabata|emom|amrap|metcon|"
-     r"burn(?:ing)? (?:some )?(?:fat|calories|cals)|fat[- ]burn\w*|lose (?:some )?(?:weight|fat|pounds|lbs|kilos|kg|the)|"
-     r"los(?:e|ing) \d+ ?(?:lbs|pounds|kg|kilos)|weight ?loss|slim(?:ming)? down|shred\w*|cut(?:ting)? (?:phase|season)|"
+     r"fat[- ]burn\w*|lose (?:some )?(?:weight|fat|pounds|lbs|kilos|kg|the)|"
+     r"(?:los(?:e|ing)|drop(?:ping)?|shed(?:ding)?) (?:\w+ ){0,2}?\d+ ?(?:lbs?|pounds|kg|kilos)|(?:to|a|on a) cut\b|cutting\b|dad bod|"
+     r"burn(?:s|ing)? (?:some |more )?(?:fat|calories|cals)|weight ?loss|slim(?:ming)? down|shred\w*|cut(?:ting)? (?:phase|season)|"
      r"get(?:ting)? (?:lean|leaner|slim|slimmer|thinner|skinny)|lean(?:er)? out|drop (?:some |a few |a couple of )?(?:weight|pounds|fat|lbs|kilos|a size)|"
      r"belly fat|lose the gut|torch\w*|sweat\w*|calorie burn\w*"),
     ("strength", r"strength|stronger|strong|powerlift\w*|power ?lift\w*|lift(?:ing)? heavy|heavy (?:lift\w*|weights?|compound)|"
-     r"heavier|1 ?rm|one rep max|max(?:imum)? lifts?|pr(?:s)? on|personal record|5 ?x ?5|strongman"),
+     r"heavier|1 ?rm|one rep max|(?:increase|improve|boost|raise|up) my (?:bench|squat|deadlift|lifts|total)|max(?:imum)? lifts?|pr(?:s)? on|personal record|5 ?x ?5|strongman"),
     ("hypertrophy", r"hypertrophy|build(?:ing)? (?:some |more |lean )?muscles?|put(?:ting)? on (?:some |more )?(?:muscle|size|mass)|muscle[- ]?(?:building|gain|growth|mass)|"
      r"gain(?:ing)? (?:some )?(?:muscle|mass|size|weight)|bulk\w*|\bmass\b|get(?:ting)? (?:big|bigger|huge|jacked|swole|buff|ripped)|"
-     r"gains|bodybuild\w*|body build\w*|aesthetic\w*|ton(?:e|ed|ing)(?: up)?|definition|sculpt\w*|size"),
+     r"gains|bigger|make me big|bodybuild\w*|body build\w*|aesthetic\w*|ton(?:e|ed|ing)(?: up)?|definition|sculpt\w*|size"),
     ("endurance", r"endurance|stamina|cardio\w*|aerobic|run(?:ning)? (?:longer|further|farther|a|my first)|run longer|"
      r"marathon|half[- ]marathon|\d+ ?k run|\b(?:5|10) ?k\b|triathlon|conditioning|not (?:get(?:ting)? )?(?:winded|out of breath|gassed)|"
      r"winded|out of breath|gassed|go (?:longer|the distance)|last longer|cycling|hiking|hike"),
     ("mobility", r"mobility|flexib\w*|stretch\w*|yoga|pilates|loosen(?: up)?|limber|stiff(?:ness)?|tight hips|tightness|"
-     r"range of motion|\brom\b|touch my toes|recovery|supple|desk job|sitting all day"),
+     r"range of motion|\brom\b|mobile\b|touch my toes|recovery|supple|desk job|sitting all day"),
     ("general_fitness", r"general[ _]fitness|general|overall|all[- ]round|all[- ]around|get(?:ting)? (?:fit|fitter|in shape|back in shape)|"
      r"in shape|stay(?:ing)? (?:fit|active|healthy|in shape)|keep fit|be healthier|healthier|get moving|fitness"),
 ]  # fmt: skip
@@ -302,12 +303,12 @@ _GOAL_PATTERNS: list[tuple[str, str]] = [
 _LEVEL_PATTERNS: list[tuple[str, str]] = [
     ("intermediate", r"not (?:a |an )?(?:total |complete |absolute )?(?:beginner|newbie|novice)|intermediate|"
      r"some experience|bit of experience|a little experience|moderate(?:ly)?(?: fit| experienced)?|mid[- ]?level|"
-     r"(?:train|lift|work)\w* (?:out )?for (?:about |around |over )?(?:a|1|one|2|two) years?|"
-     r"(?:train|lift|work)\w* (?:out )?for (?:a few|some|6|8|9|10|11) months|decent shape|fairly fit|reasonably fit|"
+     r"(?:train|lift|work)\w* (?:out )?(?:for )?(?:about |around |over |almost |nearly )?(?:a|1|2) years?|"
+     r"(?:train|lift|work)\w* (?:out )?(?:for )?(?:about |around |over |almost |nearly )?(?:a few|some|6|7|8|9|10|11) months|decent shape|fairly fit|reasonably fit|"
      r"somewhat fit|regular gym|been around the gym|know my way around"),
     ("expert", r"advanced|expert|very experienced|experienced|athlete|athletic|pro\b|professional|veteran|seasoned|"
      r"competitive|compete|elite|(?:[3-9]|\d\d)\+? years? (?:of )?(?:training|lifting|experience|in the gym)|"
-     r"(?:train|lift|work)\w* (?:out )?for (?:over |about |around )?(?:[3-9]|\d\d) years|years of (?:training|lifting)|"
+     r"(?:train|lift|work)\w* (?:out )?(?:for )?(?:over |about |around )?(?:[3-9]|\d\d) years|years of (?:training|lifting)|"
      r"in great shape|very fit|super fit"),
     ("beginner", r"beginner|beginners|newbie|noob|novice|new to|just start\w*|starting out|start(?:ing)? from (?:zero|scratch)|"
      r"first time|never (?:worked out|exercised|trained|lifted|been to a gym|done)|haven't (?:worked out|exercised|trained)|"
@@ -332,6 +333,10 @@ _FULL_GYM = re.compile(
     r"(?:full|fully[- ]equipped|commercial|big|whole|real|proper|regular|public|hotel|planet fitness|local|nice|the|a|my)"
     r" gym\b(?! at home)|\bgym membership|\bat (?:the|a|my) gym|\bgym access|\bin the gym|\bgo to the gym|everything available"
     r"|all the equipment|any equipment|all equipment"
+)
+_ANY_GYM = re.compile(r"\bgym\b(?! (?:ball|mat))")
+_EXPLICIT_GYM = re.compile(
+    r"(?:full|fully[- ]equipped|commercial|big|whole|proper) gym|all the equipment|any equipment|all equipment"
 )
 _HOME_GYM = re.compile(r"home gym|garage gym|basement gym")
 _NO_EQUIP = re.compile(
@@ -363,7 +368,7 @@ _PROBLEM = re.compile(
     r"busted|wonky|creaky|cranky|recover\w*|rehab\w*|tweak\w*|strain\w*|sprain\w*|pull(?:ed)?|gives? out|"
     r"careful|easy on|go easy|protect\w*|spare|friendly|gentle on|impinge\w*|dislocat\w*|herniat\w*|bulging|"
     r"fractur\w*|broke|broken|niggl\w*|twinge\w*|flare\w*|acting up|not great|messed up|screwed up|stiff|"
-    r"condition|limited|limitation\w*|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
+    r"condition|limited|limitation\w*|killing|wrecked|shot|bother\w*|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
 )
 _LIM_NEG_BEFORE = r"\b(?:no|without|zero|never had|don't have|do not have|dont have|not any|free of)\s+(?:\w+\s+){0,3}?(?:{part})"
 _LIM_FINE_AFTER = (
@@ -379,7 +384,10 @@ _CLAUSE_SPLIT = re.compile(r"[.;!?\n,]| but | and | also | though | although | p
 
 _FOCUS_TERMS: list[tuple[str, str]] = [
     ("full", r"full[- ]body|total[- ]body|whole[- ]body|everything|all over"),
-    ("upper", r"upper[ _-]?body|upper half|chest|pecs|back and|and back|back day|lats|shoulders|delts|torso"),
+    (
+        "upper",
+        r"upper[ _-]?body|upper half|chest|pecs|back and|and back|back day|lats|shoulders|delts|torso|push day|pull day",
+    ),
     ("lower", r"lower[ _-]?body|lower half|legs?|leg day|quads|hamstrings|calves|thighs"),
     ("glutes", r"glutes?|booty|butt|bum|peach|behind|backside|hip thrust\w*"),
     ("arms", r"arms|arm[- ](?:focused|day|work|workout)|biceps?|triceps?|guns|bis|tris|forearms"),
@@ -447,7 +455,7 @@ def _minutes(t: str) -> tuple[int, str] | None:
 def _days(t: str) -> tuple[int, str] | None:
     rules: list[tuple[str, Any]] = [
         (r"\bevery other day\b|\balternate days\b", lambda m: 3),
-        (r"\b(?:every ?day|daily|each day|7 days straight|all week)\b", lambda m: 7),
+        (r"\b(?:every ?day|daily|7 days straight|all week)\b", lambda m: 7),
         (r"\b(?:week ?days|mon(?:day)?\s*(?:-|to|thru|through)\s*fri(?:day)?)\b", lambda m: 5),
         (r"\b(?:week ?ends?|sat(?:urday)?s? and sun(?:day)?s?)\b", lambda m: 2),
         (r"\bonce (?:a|per|each|every) ?(?:week|wk)\b|\bonce weekly\b", lambda m: 1),
@@ -465,6 +473,7 @@ def _days(t: str) -> tuple[int, str] | None:
         (r"\b([1-7]) days?\b(?![- ]?(?:plan|program|programme|challenge|streak|rest|off|in a row|split))",
          lambda m: int(m.group(1))),
         (r"\b([1-7]) times\b", lambda m: int(m.group(1))),
+        (r"\b([1-7]) (?:mornings|evenings|nights|lunch(?:es|times)?|afternoons)\b", lambda m: int(m.group(1))),
         (r"\bweekly\b", lambda m: 1),
     ]  # fmt: skip
     best: tuple[int, int, str] | None = None
@@ -477,17 +486,15 @@ def _days(t: str) -> tuple[int, str] | None:
     days = []
     for m in _DAY_NAMES.finditer(t):
         d = m.group(1)[:2]
-        if (
-            d == "su"
-            and re.search(r"\bsun\b", m.group(0))
-            and "sunday" not in t
-            and not re.search(r"\bsun\b\s*[/,&]", t)
-        ):
-            pass
         if d not in days:
             days.append(d)
     if len(days) >= 2:
         return len(days), "/".join(days)
+    m = re.search(
+        r"\b(?:a|per|each) day\b|\bevery (?:morning|evening|night)\b|\beach (?:morning|evening|night)\b", t
+    )
+    if m:
+        return 7, m.group(0)
     return None
 
 
@@ -506,15 +513,18 @@ def _equipment(t: str) -> tuple[list[str], str] | None:
             ):
                 continue
             if _negated(t, m.start()) or re.search(
-                r"\b(?:no|without)\s+(?:\w+\s+){0,2}$", t[max(0, m.start() - 25) : m.start()]
+                r"\b(?:no|without|scared of|afraid of|hate|not)\s+(?:\w+\s+){0,2}$",
+                t[max(0, m.start() - 25) : m.start()],
             ):
                 removed.add(label)
                 continue
             found.append((m.start(), label, m.group(0)))
-    gym = _FULL_GYM.search(t)
+    # A gym means its usual kit, unless the person lists what they have there ("hotel gym: dumbbells
+    # and a cable"); "full/commercial gym" always means everything.
+    gym = _EXPLICIT_GYM.search(t) or (None if found else (_FULL_GYM.search(t) or _ANY_GYM.search(t)))
     if (
         gym
-        and not _HOME_GYM.search(t[max(0, gym.start() - 6) : gym.end() + 2])
+        and not _HOME_GYM.search(t[max(0, gym.start() - 8) : gym.end() + 2])
         and not re.search(
             r"\b(?:no|not|without|can't|cannot|don't|never|hate|skip|avoid|instead of)\b[^.]{0,12}$",
             t[max(0, gym.start() - 20) : gym.start()],
@@ -522,10 +532,11 @@ def _equipment(t: str) -> tuple[list[str], str] | None:
     ):
         for eq in FULL_GYM:
             found.append((gym.start(), eq, gym.group(0)))
-    labels = [lab for _, lab, _ in sorted(found) if lab not in removed]
+    found.sort(key=lambda x: x[0])  # order of mention (stable: a full gym keeps FULL_GYM order)
+    labels = [lab for _, lab, _ in found if lab not in removed]
     if labels:
         ordered = list(dict.fromkeys(labels))
-        words = ", ".join(dict.fromkeys(w for _, lab, w in sorted(found) if lab in ordered))
+        words = ", ".join(dict.fromkeys(w for _, lab, w in found if lab in ordered))
         return ["body only", *ordered], words
     m = _NO_EQUIP.search(t)
     if m:
@@ -550,9 +561,14 @@ def _limitations(t: str) -> tuple[list[str], str] | None:
             found[lim], pos[lim] = m.group(0), m.start()
             continue
         cursor = 0
-        for clause in _CLAUSE_SPLIT.split(t):
+        clauses = _CLAUSE_SPLIT.split(t)
+        for ci, clause in enumerate(clauses):
             start = t.find(clause, cursor)
             cursor = start + len(clause)
+            # "… my lower back? it's been killing me": a pronoun clause continues the one before.
+            follow = clauses[ci + 1] if ci + 1 < len(clauses) else ""
+            if re.match(r"\s*(?:it|it's|its|they|they're|which)\b", follow):
+                clause = clause + " " + follow
             for pm in re.finditer(r"\b(?:" + part + r")\b", clause):
                 s, e = start + pm.start(), start + pm.end()
                 if negated(s, e):
@@ -567,6 +583,8 @@ def _limitations(t: str) -> tuple[list[str], str] | None:
                 ):
                     continue
                 prob = _PROBLEM.search(clause)
+                if prob and re.search(r"\bprevent\w*|\bavoid (?:an? )?injur", clause):
+                    prob = None  # "to prevent injury" is a wish, not a condition
                 if prob:
                     found[lim], pos[lim] = clause.strip(), s
                     break
@@ -582,58 +600,73 @@ def _limitations(t: str) -> tuple[list[str], str] | None:
     return order, "; ".join(found[lim] for lim in order)
 
 
-def _focus(t: str, limitation_words: str) -> tuple[str, str] | None:
-    hits: list[tuple[int, str, str]] = []
+_FOCUS_MAP = {
+    "upper": "upper_body",
+    "lower": "lower_body",
+    "glutes": "glutes",
+    "arms": "arms",
+    "core": "core",
+}
+_FOCUS_MARK = re.compile(
+    r"^[- ]?(?:focus\w*|emphasis|heavy|dominant)|(?:focus(?:ing|ed)? on|emphasis on|especially) (?:my |the )?$"
+)
+_FINE = re.compile(
+    r"^\w* (?:are|is|feel|feels) (?:\w+ )?(?:fine|ok|okay|good|great|healthy|perfect|strong|alright)"
+)
+_LIM_OF_PART = {"shoulders": "shoulders", "wrists": "wrists", "knees": "knees"}
+
+
+def _focus(t: str, limitations: list[str]) -> tuple[str, str] | None:
+    hits: list[tuple[int, str, str, bool]] = []
     for label, pat in _FOCUS_TERMS:
         for m in re.finditer(r"\b(?:" + pat + r")\b", t):
-            if _negated(t, m.start()):
+            word = m.group(0)
+            if _negated(t, m.start()) or _FINE.match(t[m.end() :]):
                 continue
             # A body part named as a problem is a limitation, not a focus.
-            clause_start = max(t.rfind(c, 0, m.start()) for c in ".,;!?")
-            ends = [i for i in (t.find(c, m.end()) for c in ".,;!?") if i >= 0]
-            clause = t[clause_start + 1 : min(ends) if ends else len(t)]
-            if label in ("upper", "lower") and _PROBLEM.search(clause):
+            if word == "shoulders" and "shoulders" in limitations:
                 continue
-            if label == "glutes" and m.group(0) == "behind" and not re.search(r"\bmy behind\b", t):
+            # A few words either side, within the clause.
+            before = re.split(r"[.,;!?]", t[max(0, m.start() - 20) : m.start()])[-1]
+            after = re.split(r"[.,;!?]", t[m.end() : m.end() + 20])[0]
+            near = " ".join((before + word + after).split(" ")[1:-1])
+            if label in ("upper", "lower") and _PROBLEM.search(near) and not re.search(r"\bprevent", near):
+                continue
+            if label == "glutes" and word == "behind" and not re.search(r"\bmy behind\b", t):
                 continue
             if label == "lower" and re.search(r"\blower back\b", t[m.start() : m.end() + 6]):
                 continue
             if (
                 label == "upper"
-                and m.group(0) in ("back and", "and back")
+                and word in ("back and", "and back")
                 and not re.search(
                     r"(?:chest|biceps?|arms|shoulders) and back|back and (?:chest|biceps?|arms|shoulders)", t
                 )
             ):
                 continue
-            hits.append((m.start(), label, m.group(0)))
+            marked = bool(
+                _FOCUS_MARK.search(t[m.end() : m.end() + 10])
+                or _FOCUS_MARK.search(t[max(0, m.start() - 24) : m.start()])
+            )
+            hits.append((m.start(), label, word, marked))
     if not hits:
         return None
     hits.sort()
-    labels = [lab for _, lab, _ in hits]
-    words = ", ".join(dict.fromkeys(w for _, _, w in hits))
+    labels = [lab for _, lab, _, _ in hits]
+    words = ", ".join(dict.fromkeys(w for _, _, w, _ in hits))
     if "full" in labels:
         return None
+    marked = [lab for _, lab, _, mk in hits if mk and lab != "full"]
+    if len(set(marked)) == 1:  # "glute focused lower body day": the marked area wins
+        return _FOCUS_MAP[marked[0]], words
     kinds = set(labels)
-    upper_side = kinds & {"upper", "arms"}
-    lower_side = kinds & {"lower", "glutes"}
-    if upper_side and lower_side:
-        return None
-    if kinds == {"upper", "arms"} or kinds == {"upper"}:
+    if kinds & {"upper", "arms"} and kinds & {"lower", "glutes"}:
+        return None  # upper and lower together: a whole-body plan
+    if kinds <= {"upper", "arms"} and "upper" in kinds:
         return "upper_body", words
-    if kinds == {"lower", "glutes"} or kinds == {"lower"}:
+    if kinds <= {"lower", "glutes"} and "lower" in kinds:
         return "lower_body", words
-    first = labels[0]
-    mapping = {
-        "upper": "upper_body",
-        "lower": "lower_body",
-        "glutes": "glutes",
-        "arms": "arms",
-        "core": "core",
-    }
-    if "core" in kinds and len(kinds) > 1:
-        first = next(lab for lab in labels if lab != "core") if labels[0] == "core" and False else labels[0]
-    return mapping[first], words
+    return _FOCUS_MAP[labels[0]], words  # otherwise the first area named
 
 
 def _level(t: str) -> tuple[str, str] | None:
@@ -663,7 +696,7 @@ def _parse_free(text: str) -> UnderstoodRequest:
     lim = _limitations(t)
     if lim:
         found["limitations"], ev["limitations"] = lim
-    fo = _focus(t, ev.get("limitations", ""))
+    fo = _focus(t, found.get("limitations", []))
     if fo:
         found["focus"], ev["focus"] = fo
     defaults_used = [f for f in FIELDS if f not in found]

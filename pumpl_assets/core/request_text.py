@@ -538,9 +538,9 @@ def _equipment(t: str) -> tuple[list[str], str] | None:
         ordered = list(dict.fromkeys(labels))
         words = ", ".join(dict.fromkeys(w for _, lab, w in found if lab in ordered))
         return ["body only", *ordered], words
-    m = _NO_EQUIP.search(t)
-    if m:
-        return ["body only"], m.group(0)
+    none = _NO_EQUIP.search(t)
+    if none:
+        return ["body only"], none.group(0)
     return None
 
 
@@ -656,9 +656,9 @@ def _focus(t: str, limitations: list[str]) -> tuple[str, str] | None:
     words = ", ".join(dict.fromkeys(w for _, _, w, _ in hits))
     if "full" in labels:
         return None
-    marked = [lab for _, lab, _, mk in hits if mk and lab != "full"]
-    if len(set(marked)) == 1:  # "glute focused lower body day": the marked area wins
-        return _FOCUS_MAP[marked[0]], words
+    marked_areas = [lab for _, lab, _, mk in hits if mk and lab != "full"]
+    if len(set(marked_areas)) == 1:  # "glute focused lower body day": the marked_areas area wins
+        return _FOCUS_MAP[marked_areas[0]], words
     kinds = set(labels)
     if kinds & {"upper", "arms"} and kinds & {"lower", "glutes"}:
         return None  # upper and lower together: a whole-body plan

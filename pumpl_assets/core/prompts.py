@@ -15,7 +15,7 @@ import re
 from typing import Any, Protocol
 
 from pumpl_assets.core import settings
-from pumpl_assets.core.schemas import EQUIPMENT, GOALS, LEVELS, LIMITATIONS, RequestSpec
+from pumpl_assets.core.schemas import EQUIPMENT, FOCUSES, GOALS, LEVELS, LIMITATIONS, RequestSpec
 
 
 class ChatTokenizer(Protocol):
@@ -26,11 +26,15 @@ class ChatTokenizer(Protocol):
 
 
 def request_to_prompt(req: RequestSpec) -> str:
-    """Compact, fixed-layout user message. The parser below reads exactly this layout."""
+    """Compact, fixed-layout user message (`` Focus: core.`` appended only when a focus is set).
+
+    The parser below and :func:`pumpl_assets.core.request_text.parse_request` read exactly this layout.
+    """
     lim = ", ".join(req.limitations) if req.limitations else "none"
+    focus = f" Focus: {req.focus}." if req.focus is not None else ""
     return (
         f"Goal: {req.goal}. Time: {req.minutes} min. Level: {req.level}. "
-        f"Equipment: {', '.join(req.equipment)}. Days/week: {req.days_per_week}. Limitations: {lim}."
+        f"Equipment: {', '.join(req.equipment)}. Days/week: {req.days_per_week}. Limitations: {lim}.{focus}"
     )
 
 
@@ -41,6 +45,7 @@ _FIELD = {
     "equipment": re.compile(r"equipment\s*:\s*([^.\n]*)", re.I),
     "days": re.compile(r"days(?:/| per )week\s*:\s*(\d)", re.I),
     "limitations": re.compile(r"limitations\s*:\s*([^.\n]*)", re.I),
+    "focus": re.compile(r"focus\s*:\s*([a-z_]+)", re.I),
 }
 
 
@@ -72,6 +77,9 @@ def prompt_to_request(text: str) -> RequestSpec | None:
         found["limitations"] = [
             x.strip().lower() for x in m.group(1).split(",") if x.strip().lower() in LIMITATIONS
         ]
+    m = _FIELD["focus"].search(text)
+    if m and m.group(1).lower() in FOCUSES:
+        found["focus"] = m.group(1).lower()
     if not {"level", "equipment"} <= found.keys():
         return None
     found.setdefault("goal", "general_fitness")

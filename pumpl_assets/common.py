@@ -151,7 +151,7 @@ class RawConfig(dg.Config):
 
 
 class DistillConfig(dg.Config):
-    n_examples: int = Field(default=480, ge=1, le=100_000, description="Requests sampled for the teacher")
+    n_examples: int = Field(default=800, ge=1, le=100_000, description="Requests sampled for the teacher")
     seed: int = 7
     teacher: str = Field(default="auto", description="auto | offline | claude")
     claude_model: str = "claude-haiku-4-5"

@@ -31,6 +31,7 @@ import polars as pl
 from pumpl_assets.core import prompts, settings
 from pumpl_assets.core.exercises import normalize_name
 from pumpl_assets.core.io import sha256_text, write_jsonl_atomic, write_parquet_atomic
+from pumpl_assets.core.request_text import parse_request
 from pumpl_assets.core.schemas import ChatMessage, RequestSpec, TrainingExample
 
 SPLITS = ("train", "val", "test")
@@ -210,8 +211,17 @@ def _resolve_system(system_prompt: str | None) -> str:
     return settings.system_prompt() if system_prompt is None else system_prompt
 
 
+def understood_request(row: dict[str, Any]) -> RequestSpec:
+    """The request the model is told for a row: its free-text ``request_text`` read by the serving
+    parser (train and serve share the parser), or the request itself when the row has no text."""
+    text = row.get("request_text")
+    if isinstance(text, str) and text.strip():
+        return parse_request(text).spec
+    return RequestSpec.model_validate_json(row["request_json"])
+
+
 def to_training_examples(df: pl.DataFrame, system_prompt: str | None) -> list[TrainingExample]:
-    """Chat examples ``[system?, user=request_to_prompt(request), assistant=plan_json]``.
+    """Chat examples ``[system?, user=request_to_prompt(understood request), assistant=plan_json]``.
 
     ``system_prompt=None`` uses the configured default (``PUMPL_SYSTEM_PROMPT``), exactly as
     :func:`prompts.render_prompt` does at serving time; ``""`` omits the system message.
@@ -223,7 +233,7 @@ def to_training_examples(df: pl.DataFrame, system_prompt: str | None) -> list[Tr
         req = RequestSpec.model_validate_json(row["request_json"])
         msgs = [ChatMessage(role="system", content=system)] if system else []
         msgs += [
-            ChatMessage(role="user", content=prompts.request_to_prompt(req)),
+            ChatMessage(role="user", content=prompts.request_to_prompt(understood_request(row))),
             ChatMessage(role="assistant", content=row["plan_json"]),
         ]
         out.append(
@@ -249,14 +259,16 @@ def render_for_model(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Render every example as the model sees it and measure its tokens.
 
-    Adds ``prompt_text``, ``full_text`` (:func:`prompts.render_example`), ``n_prompt_tokens``,
+    Adds ``understood_json`` (the row's free-text ``request_text`` read by the serving parser, see
+    :func:`understood_request`) and ``understood_matches`` (it equals ``request_json``),
+    ``prompt_text``, ``full_text`` (:func:`prompts.render_example`), ``n_prompt_tokens``,
     ``n_tokens``, ``too_long`` (``n_tokens > max_seq_len``) and ``prompt_token_prefix`` (the
     prompt's tokens are a prefix of the full text's tokens, so masking the loss by
     ``n_prompt_tokens`` is exact). Texts are tokenized without adding special tokens: the
     rendered text already carries them. Adds ``example_id`` if absent.
 
     Report: ``n``, ``style``, ``max_seq_len``, ``max_tokens``, ``mean_tokens``,
-    ``max_prompt_tokens``, ``too_long``, ``too_long_ids``, ``prefix_mismatch``.
+    ``max_prompt_tokens``, ``too_long``, ``too_long_ids``, ``prefix_mismatch``, ``understood_mismatch``.
     """
     if "example_id" not in df.columns:
         df = df.with_columns(
@@ -272,11 +284,15 @@ def render_for_model(
     system = _resolve_system(system_prompt)
     prompt_texts: list[str] = []
     full_texts: list[str] = []
-    for r, p in zip(
-        df.get_column("request_json").to_list(), df.get_column("plan_json").to_list(), strict=True
-    ):
-        user = prompts.request_to_prompt(RequestSpec.model_validate_json(r))
-        prompt, full = prompts.render_example(tokenizer, user, p, system=system, style=style)
+    understood: list[str] = []
+    matches: list[bool] = []
+    for row in df.iter_rows(named=True):
+        seen = understood_request(row)
+        understood.append(seen.key())
+        matches.append(seen == RequestSpec.model_validate_json(row["request_json"]))
+        prompt, full = prompts.render_example(
+            tokenizer, prompts.request_to_prompt(seen), row["plan_json"], system=system, style=style
+        )
         prompt_texts.append(prompt)
         full_texts.append(full)
     p_ids = _token_ids(tokenizer, prompt_texts)
@@ -286,6 +302,8 @@ def render_for_model(
     prefix = [f[: len(p)] == p for p, f in zip(p_ids, f_ids, strict=True)]
     too_long = [n > max_seq_len for n in n_full]
     out = df.with_columns(
+        pl.Series("understood_json", understood, dtype=pl.String),
+        pl.Series("understood_matches", matches, dtype=pl.Boolean),
         pl.Series("prompt_text", prompt_texts, dtype=pl.String),
         pl.Series("full_text", full_texts, dtype=pl.String),
         pl.Series("n_prompt_tokens", n_prompt, dtype=pl.Int64),
@@ -304,6 +322,7 @@ def render_for_model(
         "too_long": sum(too_long),
         "too_long_ids": [i for i, t in zip(ids, too_long, strict=True) if t],
         "prefix_mismatch": sum(1 for x in prefix if not x),
+        "understood_mismatch": sum(1 for x in matches if not x),
     }
     return out, report
 

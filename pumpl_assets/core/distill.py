@@ -15,6 +15,7 @@ import polars as pl
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.prompts import request_to_prompt
+from pumpl_assets.core.request_text import phrase_request
 from pumpl_assets.core.schemas import (
     FOCUSES,
     GOALS,
@@ -43,6 +44,7 @@ GRID_SIZE = len(GOALS) * len(LEVELS) * len(EQUIPMENT_SETS)  # 108
 
 ROW_COLUMNS = {
     "request_json": pl.String,
+    "request_text": pl.String,
     "prompt": pl.String,
     "plan_json": pl.String,
     "teacher": pl.String,
@@ -143,7 +145,7 @@ def _check(result: TeacherResult, catalogue: ExerciseCatalogue) -> tuple[str | N
     if not outcome.ok or outcome.plan is None:
         return None, "; ".join(outcome.reasons or [f"{outcome.stage}: invalid plan"])
     plan = canonical_plan(outcome.plan, catalogue)
-    for ex in plan.session.all_exercises():  # compact training form: derivable facts omitted
+    for ex in plan.all_exercises():  # compact training form: derivable facts omitted
         ex.equipment, ex.muscles, ex.notes = None, None, None
     return dump_plan(plan), ""
 
@@ -179,6 +181,9 @@ def distill(requests: list[RequestSpec], teacher: Teacher, catalogue: ExerciseCa
         rows.append(
             {
                 "request_json": req.key(),
+                # How a person might have typed it (varied phrasings; the split reads it back with the
+                # serving parser), seeded by the request so a rerun writes the same text.
+                "request_text": phrase_request(req, random.Random(f"pumpl-phrase:{req.key()}")),
                 "prompt": request_to_prompt(req),
                 "plan_json": plan_json,
                 "teacher": teacher.name,

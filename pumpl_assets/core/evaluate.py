@@ -287,6 +287,7 @@ def evaluate_models(
     max_new_tokens: int = 1536,
     modes: tuple[str, ...] | list[str] = MODES,
     include_base: bool = True,
+    base_modes: tuple[str, ...] | list[str] = ("served",),
     limit: int | None = None,
     engine: HFEngine | None = None,
     dtype: str = "auto",
@@ -297,6 +298,9 @@ def evaluate_models(
     loaded :class:`HFEngine` (with the adapter applied unmerged when ``adapter_dir`` is given);
     otherwise one is loaded and closed here. ``dtype`` is the compute dtype of a loaded engine
     (``auto``: bf16 on a GPU or a CPU with native bf16, else fp32); ``dtype_bf16`` records it.
+    ``base_modes``: the modes the base model is decoded in when an adapter is evaluated too (default:
+    served only — the configuration ``better_than_base`` compares; an untuned base writes no valid
+    plan unconstrained, which costs minutes and tells nothing).
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -342,7 +346,8 @@ def evaluate_models(
             summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
             summary[f"{model}.answer_tokens"] = float(n_tok)
             summary[f"{model}.n_generated"] = float(len(examples))
-            for mode in modes:
+            model_modes = [m for m in modes if m in base_modes] if model == "base" and adapter_dir else modes
+            for mode in model_modes:
                 rows, metrics = _run_mode(eng, model, mode, examples, catalogue, batch_size=batch_size)
                 all_rows.extend(rows)
                 summary.update({f"{model}.{mode}.{k}": float(v) for k, v in metrics.items()})

@@ -142,3 +142,28 @@ def awq_gates(size_ratio: float, max_ratio: float, drop: float, max_drop: float,
              "regressions": regressions},
         ),
     ]  # fmt: skip
+
+
+def split_proportion_gate(
+    shares: Mapping[str, float], n: int, tolerance: float, min_rows: int, target: Mapping[str, float] | None = None
+) -> Gate:
+    """Split shares against 80/10/10. A stable hash assigns each request independently, so each share
+    is binomial: the allowed deviation is max(``tolerance``, 3σ) with σ = sqrt(p(1-p)/n). Beyond 3σ the
+    hash or the bucketing is broken; a fixed ±2 points at n ≈ 600 would also fail ~1 in 20 healthy
+    datasets (σ of the 10% shares is 1.2 points there)."""
+    target = target or {"train": 0.8, "val": 0.1, "test": 0.1}
+    if n < min_rows:
+        return Gate("proportions", True, f"n={n}: the gate applies from n ≥ {min_rows}", {"n": n})
+    worst_name, worst_excess, detail = "", -1.0, []
+    for k, p in target.items():
+        allowed = max(tolerance, 3 * math.sqrt(p * (1 - p) / n))
+        dev = abs(shares.get(k, 0.0) - p)
+        detail.append(f"{k} {shares.get(k, 0.0):.3f} (±{allowed:.3f})")
+        if dev - allowed > worst_excess:
+            worst_name, worst_excess = k, dev - allowed
+    return Gate(
+        "proportions",
+        worst_excess <= 1e-12,
+        f"n={n}: " + ", ".join(detail) + ("" if worst_excess <= 1e-12 else f"; {worst_name} out of range"),
+        {"n": n, **{f"share_{k}": float(v) for k, v in shares.items()}},
+    )

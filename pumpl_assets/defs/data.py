@@ -244,10 +244,13 @@ def validated(context: dg.AssetExecutionContext, config: ValidateConfig) -> dg.M
     dist = pl.read_parquet(upstream_dir(p, "distilled") / "distilled.parquet")
     rows = pl.concat(
         [
-            raw_pairs.select("request_json", "plan_json").with_columns(source=pl.lit("raw")),
-            dist.select("request_json", "plan_json").with_columns(source=pl.lit("distilled")),
+            # Raw pairs carry no free text: the split renders their request itself.
+            raw_pairs.select("request_json", "plan_json").with_columns(
+                request_text=pl.lit(None, dtype=pl.String), source=pl.lit("raw")
+            ),
+            dist.select("request_json", "request_text", "plan_json").with_columns(source=pl.lit("distilled")),
         ],
-        how="vertical",
+        how="diagonal_relaxed",
     )
     with timed() as t:
         accepted, quarantine, reasons = validate_rows(rows, cat)
@@ -351,9 +354,9 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     partitions_def=base_model_partitions,
     group_name=DATA,
     deps=["merged"],
-    code_version=code_version("split-1", SplitConfig().model_dump()),
+    code_version=code_version("split-2", SplitConfig().model_dump()),
     check_specs=[
-        gate_spec("proportions", "split", "train/val/test within ±2 points of 80/10/10 (when n ≥ 200)"),
+        gate_spec("proportions", "split", "train/val/test shares within max(±2 points, 3σ binomial) of 80/10/10 (n ≥ 200)"),
         gate_spec("no_leakage", "split", "No request or plan appears in more than one split"),
         gate_spec("min_rows_per_split", "split", "Every split has examples"),
         gate_spec("fits_context", "split", "Examples longer than the model's max sequence length are rare"),
@@ -365,6 +368,7 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
 
     from pumpl_assets.core.basemodel import ensure_base_model
     from pumpl_assets.core.dataset import render_for_model, split_examples, split_stats, write_split_files
+    from pumpl_assets.core.gates import split_proportion_gate
     from pumpl_assets.core.prompts import resolve_style
 
     spec = spec_for(context)
@@ -386,17 +390,10 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
     props = stats["proportions"]
     target = {"train": 0.8, "val": 0.1, "test": 0.1}
     worst = max(abs(props.get(k, 0.0) - v) for k, v in target.items())
-    gate_applies = n >= config.min_rows_for_proportion_gate
+    prop = split_proportion_gate(props, n, config.proportion_tolerance, config.min_rows_for_proportion_gate, target)
     too_long = int(render_report["too_long"])
     checks = [
-        check(
-            "proportions",
-            (worst <= config.proportion_tolerance) if gate_applies else True,
-            f"largest deviation {worst:.3f} over n={n}"
-            + ("" if gate_applies else f" (gate applies from n ≥ {config.min_rows_for_proportion_gate})"),
-            max_deviation=worst,
-            **{f"share_{k}": float(v) for k, v in props.items()},
-        ),
+        check(prop.name, prop.passed, prop.description, max_deviation=worst, **prop.metadata),
         check(
             "no_leakage",
             stats["request_leakage"] == 0 and stats["plan_leakage"] == 0,

@@ -105,7 +105,11 @@ def _parse_rows(
         eid = str(r["example_id"])
         try:
             req = RequestSpec.model_validate_json(r["request_json"])
-            seen = RequestSpec.model_validate_json(r["understood_json"]) if has_understood and r["understood_json"] else req
+            seen = (
+                RequestSpec.model_validate_json(r["understood_json"])
+                if has_understood and r["understood_json"]
+                else req
+            )
         except (ValueError, TypeError) as exc:
             bad.append(f"{eid}: {str(exc).splitlines()[0]}")
             continue

@@ -112,7 +112,10 @@ def tag_columns(rec: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(tags) - set(_KNOWN_PATTERNS))
         if unknown:
             raise ValueError(f"unknown movement pattern(s) {unknown}; known: {sorted(_KNOWN_PATTERNS)}")
-        return {"movement_patterns": sorted(set(tags)), "patterns_source": rec.get("patterns_source") or "catalogue"}
+        return {
+            "movement_patterns": sorted(set(tags)),
+            "patterns_source": rec.get("patterns_source") or "catalogue",
+        }
     muscles = rec.get("primaryMuscles") or rec.get("primary_muscles") or []
     pats, rule = infer_patterns(
         str(rec.get("name", "")),

@@ -40,7 +40,10 @@ def served_adherence_threshold(g: GateThresholds) -> tuple[float, bool]:
 
 
 def eval_gates(
-    summary: Mapping[str, float], g: GateThresholds, champion: Mapping[str, float] | None, champion_version: str | None = None
+    summary: Mapping[str, float],
+    g: GateThresholds,
+    champion: Mapping[str, float] | None,
+    champion_version: str | None = None,
 ) -> list[Gate]:
     """The eval_report gates over an :func:`evaluate.evaluate_models` summary.
 
@@ -73,11 +76,20 @@ def eval_gates(
             "served_adherence",
             adh >= thr - 1e-9,
             f"{adh:.1%} of served plans pass every check; need ≥ {thr:.0%}"
-            + (f" (PROVISIONAL measured figure; the goal is {g.min_served_adherence:.0%})" if provisional else "")
+            + (
+                f" (PROVISIONAL measured figure; the goal is {g.min_served_adherence:.0%})"
+                if provisional
+                else ""
+            )
             + f"; model-decided checks {a_model:.1%}; unconstrained adherence {unc_adh:.1%}",
-            {"served_adherence": adh, "threshold": thr, "provisional": provisional, "goal": g.min_served_adherence,
-             "unconstrained_adherence": unc_adh},
-        ),  # fmt: skip
+            {
+                "served_adherence": adh,
+                "threshold": thr,
+                "provisional": provisional,
+                "goal": g.min_served_adherence,
+                "unconstrained_adherence": unc_adh,
+            },
+        ),
         Gate(
             "served_safety",
             safety >= g.min_served_safety - 1e-9,
@@ -88,7 +100,11 @@ def eval_gates(
     if math.isnan(b_model) or math.isnan(b_loss):
         gates.append(Gate("better_than_base", False, "the base model was not evaluated; cannot compare"))
     elif n_a != n_b:
-        gates.append(Gate("better_than_base", False, f"adapter on {n_a:.0f} rows, base on {n_b:.0f}: not the same rows"))
+        gates.append(
+            Gate(
+                "better_than_base", False, f"adapter on {n_a:.0f} rows, base on {n_b:.0f}: not the same rows"
+            )
+        )
     else:
         better = a_model > b_model and a_loss < b_loss
         gates.append(
@@ -105,18 +121,28 @@ def eval_gates(
 
 
 def champion_gate(
-    summary: Mapping[str, float], champion: Mapping[str, float] | None, tolerance: float, version: str | None = None
+    summary: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    tolerance: float,
+    version: str | None = None,
 ) -> Gate:
     """Champion/challenger: the challenger may be at most ``tolerance`` worse on served adherence and
     must not be less safe. A champion evaluated under an older standard (no served metrics) is replaced."""
     if champion is None:
-        return Gate("not_worse_than_champion", True, "no champion yet: the first passing model becomes champion")
+        return Gate(
+            "not_worse_than_champion", True, "no champion yet: the first passing model becomes champion"
+        )
     if "adapter.served.adherence" not in champion:
         return Gate(
-            "not_worse_than_champion", True, f"champion v{version} was scored under an earlier standard; not comparable"
+            "not_worse_than_champion",
+            True,
+            f"champion v{version} was scored under an earlier standard; not comparable",
         )
     adh, safety = _get(summary, "adapter.served.adherence", 0.0), _get(summary, "adapter.served.safety", 0.0)
-    c_adh, c_safety = float(champion["adapter.served.adherence"]), float(champion.get("adapter.served.safety", 0.0))
+    c_adh, c_safety = (
+        float(champion["adapter.served.adherence"]),
+        float(champion.get("adapter.served.safety", 0.0)),
+    )
     ok = adh >= c_adh - tolerance and safety >= c_safety
     return Gate(
         "not_worse_than_champion",
@@ -145,7 +171,11 @@ def awq_gates(size_ratio: float, max_ratio: float, drop: float, max_drop: float,
 
 
 def split_proportion_gate(
-    shares: Mapping[str, float], n: int, tolerance: float, min_rows: int, target: Mapping[str, float] | None = None
+    shares: Mapping[str, float],
+    n: int,
+    tolerance: float,
+    min_rows: int,
+    target: Mapping[str, float] | None = None,
 ) -> Gate:
     """Split shares against 80/10/10. A stable hash assigns each request independently, so each share
     is binomial: the allowed deviation is max(``tolerance``, 3σ) with σ = sqrt(p(1-p)/n). Beyond 3σ the

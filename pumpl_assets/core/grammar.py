@@ -29,7 +29,16 @@ from collections import OrderedDict
 from typing import Any
 
 from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
-from pumpl_assets.core.schemas import DAYS, MAX_COOLDOWN, MAX_MAIN, MAX_SESSIONS, MAX_WARMUP, SPLITS, RequestSpec, plan_json_schema
+from pumpl_assets.core.schemas import (
+    DAYS,
+    MAX_COOLDOWN,
+    MAX_MAIN,
+    MAX_SESSIONS,
+    MAX_WARMUP,
+    SPLITS,
+    RequestSpec,
+    plan_json_schema,
+)
 from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP, Prescription
 
 # Checks the served grammar makes impossible to fail (the report marks them "guaranteed").
@@ -96,7 +105,9 @@ def request_plan_schema(request: RequestSpec | None, catalogue: ExerciseCatalogu
     schema = (
         plan_json_schema(names, include_optional=False)
         if request is None
-        else standard_plan_schema(request, catalogue.suitable(request.level, request.equipment, request.limitations))
+        else standard_plan_schema(
+            request, catalogue.suitable(request.level, request.equipment, request.limitations)
+        )
     )
     with _lock:
         lru[key] = schema

@@ -25,7 +25,9 @@ def check_table_markdown(
 ) -> str:
     """Per-check pass rates for base / adapter × unconstrained / served, which checks the served
     grammar guarantees, and the adapter's most common served failure cause per check."""
-    head = "| check | " + " | ".join(f"{m} {mode}" for m, mode in COLUMNS) + " | served: | top served failure |"
+    head = (
+        "| check | " + " | ".join(f"{m} {mode}" for m, mode in COLUMNS) + " | served: | top served failure |"
+    )
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     served_causes = (causes or {}).get("adapter.served", {})
     for metric in RATE_METRICS:

@@ -196,8 +196,12 @@ SPLIT_DAYS: dict[str, tuple[str, ...]] = {
     "upper_lower": ("upper", "lower"),
     "push_pull_legs": ("push", "pull", "legs"),
 }
-UPPER_MUSCLES = frozenset({"chest", "lats", "middle back", "shoulders", "traps", "biceps", "triceps", "forearms", "neck"})
-LOWER_MUSCLES = frozenset({"quadriceps", "hamstrings", "glutes", "calves", "adductors", "abductors", "lower back"})
+UPPER_MUSCLES = frozenset(
+    {"chest", "lats", "middle back", "shoulders", "traps", "biceps", "triceps", "forearms", "neck"}
+)
+LOWER_MUSCLES = frozenset(
+    {"quadriceps", "hamstrings", "glutes", "calves", "adductors", "abductors", "lower back"}
+)
 CORE_MUSCLES = frozenset({"abdominals"})
 PUSH_MUSCLES = frozenset({"chest", "shoulders", "triceps"})
 PULL_MUSCLES = frozenset({"lats", "middle back", "traps", "biceps", "forearms"})  # fmt: skip
@@ -247,7 +251,9 @@ def focus_possible(day: str, focus: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- order
-LARGE_MUSCLES = frozenset({"quadriceps", "hamstrings", "glutes", "chest", "lats", "middle back", "lower back"})
+LARGE_MUSCLES = frozenset(
+    {"quadriceps", "hamstrings", "glutes", "chest", "lats", "middle back", "lower back"}
+)
 
 
 def order_rank(role: str, muscles: tuple[str, ...]) -> int:
@@ -287,3 +293,33 @@ __all__ = [
     "split_for",
     "warmup_minutes",
 ]
+
+
+def describe_for_request(goal: str, level: str, minutes: int, days_per_week: int, focus: str | None) -> str:
+    """The standard for one request, as instructions (the Claude teacher's prompt states exactly
+    what validation will check)."""
+    split = split_for(goal, days_per_week)
+    w_lo, w_hi = warmup_minutes(minutes)
+    c_lo, c_hi = cooldown_minutes(minutes)
+    lines = [
+        f"- Split: {split} — write exactly these sessions in this order: {', '.join(SPLIT_DAYS[split])}; "
+        "each session's main work trains only its day's muscles (core work fits any day).",
+        f"- Every session lasts {minutes} min ±10%: each exercise takes sets × (reps × {SECONDS_PER_REP} s "
+        f"or work_s + rest_s) + {TRANSITION_SECONDS} s; fewer exercises rather than shorter rests.",
+        f"- Warm-up: {w_lo:g}-{w_hi:g} min of light dynamic drills or easy cardio, one timed set each "
+        f"({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s). Cool-down: {c_lo:g}-{c_hi:g} min of static stretches "
+        f"({COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets of {COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s).",
+    ]
+    for role, pres in STANDARD[goal][level].items():
+        lines.append(f"- Main, {role} exercises: {pres.describe()}.")
+    if goal in RESISTANCE_GOALS:
+        lines.append(
+            "- Order: multi-joint before single-joint, large muscle groups before small, holds last."
+        )
+    if focus:
+        lines.append(
+            f"- Focus {focus}: at least {int(FOCUS_SHARE * 100)}% of the main exercises of every session that "
+            f"can train it work {', '.join(sorted(FOCUS_MUSCLES[focus]))}."
+        )
+    lines.append("- No exercise twice in a session; vary exercises between sessions.")
+    return "\n".join(lines)

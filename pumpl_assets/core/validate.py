@@ -32,6 +32,7 @@ row silently: ``len(rows) == len(accepted) + len(quarantine)``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -143,7 +144,9 @@ def _domain_reasons(
     if not minutes_within(plan.total_minutes, request.minutes):
         found["declared"].append(f"total_minutes={plan.total_minutes} outside {_fmt(lo)}-{_fmt(hi)}")
     if plan.days_per_week != request.days_per_week:
-        found["declared"].append(f"plan has {plan.days_per_week} days/week, request asks {request.days_per_week}")
+        found["declared"].append(
+            f"plan has {plan.days_per_week} days/week, request asks {request.days_per_week}"
+        )
     expected = split_for(request.goal, request.days_per_week)
     if plan.split != expected:
         found["split"].append(
@@ -179,23 +182,45 @@ def _domain_reasons(
                 if cat is None:
                     found["catalogue"].append(f"{where} is not in the exercise catalogue")
                     continue
-                if cat.equipment not in available or (ex.equipment is not None and ex.equipment != cat.equipment):
-                    found["equipment"].append(f"{where} needs {cat.equipment!r}, request has {sorted(available)}")
+                if cat.equipment not in available or (
+                    ex.equipment is not None and ex.equipment != cat.equipment
+                ):
+                    found["equipment"].append(
+                        f"{where} needs {cat.equipment!r}, request has {sorted(available)}"
+                    )
                 if LEVELS.index(cat.level) > req_level:
                     found["level"].append(f"{where} is {cat.level}, above the request's {request.level}")
                 for lim, pats in cat.contraindications(request.limitations).items():
-                    found["safety"].append(f"{where} involves {', '.join(pats)}, excluded with a {lim} limitation")
+                    found["safety"].append(
+                        f"{where} involves {', '.join(pats)}, excluded with a {lim} limitation"
+                    )
                 if block == "warmup":
-                    if not (cat.warmup_ok and _timed(ex) and ex.sets == 1 and WARMUP.work_s[0] <= ex.work_s <= WARMUP.work_s[1]):  # type: ignore[union-attr]
-                        found["blocks"].append(f"{where} is not a timed light dynamic drill or easy cardio ({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s, one set)")
+                    if not (
+                        cat.warmup_ok
+                        and _timed(ex)
+                        and ex.sets == 1
+                        and WARMUP.work_s[0] <= ex.work_s <= WARMUP.work_s[1]
+                    ):  # type: ignore[union-attr]
+                        found["blocks"].append(
+                            f"{where} is not a timed light dynamic drill or easy cardio ({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s, one set)"
+                        )
                 elif block == "cooldown":
-                    if not (cat.cooldown_ok and _timed(ex) and COOLDOWN.sets[0] <= ex.sets <= COOLDOWN.sets[1] and COOLDOWN.work_s[0] <= ex.work_s <= COOLDOWN.work_s[1]):  # type: ignore[union-attr]
-                        found["blocks"].append(f"{where} is not a timed static stretch ({COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s, {COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets)")
+                    if not (
+                        cat.cooldown_ok
+                        and _timed(ex)
+                        and COOLDOWN.sets[0] <= ex.sets <= COOLDOWN.sets[1]
+                        and COOLDOWN.work_s[0] <= ex.work_s <= COOLDOWN.work_s[1]
+                    ):  # type: ignore[union-attr]
+                        found["blocks"].append(
+                            f"{where} is not a timed static stretch ({COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s, {COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets)"
+                        )
                 else:
                     role = cat.role
                     pres = prescription_for(request.goal, request.level, role)
                     if pres is None:
-                        found["goal_fidelity"].append(f"{where} is {role} work, not part of a {request.goal} session")
+                        found["goal_fidelity"].append(
+                            f"{where} is {role} work, not part of a {request.goal} session"
+                        )
                     else:
                         reps = ex.reps if isinstance(ex, RepsExercise) else None
                         work = ex.work_s if isinstance(ex, TimedExercise) else None
@@ -209,27 +234,37 @@ def _domain_reasons(
                                 f"{where} {got} is outside the {request.level} {request.goal} standard for {role} work ({pres.describe()})"
                             )
                     if not fits_day(session.day, cat.primary_muscles, cat.force):
-                        found["split"].append(f"{where} ({', '.join(cat.primary_muscles)}) does not belong on a {session.day} day")
+                        found["split"].append(
+                            f"{where} ({', '.join(cat.primary_muscles)}) does not belong on a {session.day} day"
+                        )
                     main_ranks.append((order_rank(role, cat.primary_muscles), ex.name))
                     if request.focus and set(cat.primary_muscles) & FOCUS_MUSCLES[request.focus]:
                         n_focus += 1
         if request.goal in RESISTANCE_GOALS:
-            for (r1, n1), (r2, n2) in zip(main_ranks, main_ranks[1:], strict=False):
+            for (r1, n1), (r2, n2) in itertools.pairwise(main_ranks):
                 if r2 < r1:
-                    found["order"].append(f"{tag} main: '{n2}' should come before '{n1}' (multi-joint and large muscles first)")
+                    found["order"].append(
+                        f"{tag} main: '{n2}' should come before '{n1}' (multi-joint and large muscles first)"
+                    )
                     break
         if request.focus and focus_possible(session.day, request.focus) and main_ranks:
             need = focus_needed(len(session.main))
             if n_focus < need:
-                found["focus"].append(f"{tag} has {n_focus} {request.focus} exercise(s) in its main work; needs ≥ {need}")
+                found["focus"].append(
+                    f"{tag} has {n_focus} {request.focus} exercise(s) in its main work; needs ≥ {need}"
+                )
         warm_min = sum(exercise_seconds(e) for e in session.warmup) / 60.0
         cool_min = sum(exercise_seconds(e) for e in session.cooldown) / 60.0
         w_lo, w_hi = warmup_minutes(request.minutes)
         c_lo, c_hi = cooldown_minutes(request.minutes)
         if not w_lo - 1e-9 <= warm_min <= w_hi + 1e-9:
-            found["blocks"].append(f"{tag} warm-up lasts {_fmt(warm_min)} min; a {request.minutes}-min session needs {_fmt(w_lo)}-{_fmt(w_hi)}")
+            found["blocks"].append(
+                f"{tag} warm-up lasts {_fmt(warm_min)} min; a {request.minutes}-min session needs {_fmt(w_lo)}-{_fmt(w_hi)}"
+            )
         if not c_lo - 1e-9 <= cool_min <= c_hi + 1e-9:
-            found["blocks"].append(f"{tag} cool-down lasts {_fmt(cool_min)} min; a {request.minutes}-min session needs {_fmt(c_lo)}-{_fmt(c_hi)}")
+            found["blocks"].append(
+                f"{tag} cool-down lasts {_fmt(cool_min)} min; a {request.minutes}-min session needs {_fmt(c_lo)}-{_fmt(c_hi)}"
+            )
     reasons = [f"{c}: {r}" for c in DOMAIN_CHECKS for r in found[c]]
     return Adherence(checks={c: not found[c] for c in DOMAIN_CHECKS}, session_minutes=minutes), reasons
 

@@ -356,7 +356,11 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     deps=["merged"],
     code_version=code_version("split-2", SplitConfig().model_dump()),
     check_specs=[
-        gate_spec("proportions", "split", "train/val/test shares within max(±2 points, 3σ binomial) of 80/10/10 (n ≥ 200)"),
+        gate_spec(
+            "proportions",
+            "split",
+            "train/val/test shares within max(±2 points, 3σ binomial) of 80/10/10 (n ≥ 200)",
+        ),
         gate_spec("no_leakage", "split", "No request or plan appears in more than one split"),
         gate_spec("min_rows_per_split", "split", "Every split has examples"),
         gate_spec("fits_context", "split", "Examples longer than the model's max sequence length are rare"),
@@ -390,7 +394,9 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
     props = stats["proportions"]
     target = {"train": 0.8, "val": 0.1, "test": 0.1}
     worst = max(abs(props.get(k, 0.0) - v) for k, v in target.items())
-    prop = split_proportion_gate(props, n, config.proportion_tolerance, config.min_rows_for_proportion_gate, target)
+    prop = split_proportion_gate(
+        props, n, config.proportion_tolerance, config.min_rows_for_proportion_gate, target
+    )
     too_long = int(render_report["too_long"])
     checks = [
         check(prop.name, prop.passed, prop.description, max_deviation=worst, **prop.metadata),

@@ -2,9 +2,9 @@
 
 Structured output (anthropic SDK 2.10, both supported; default ``structured="tool"``):
 
-* ``"tool"`` — *strict tool use*: one tool ``submit_plan`` whose ``input_schema`` is
-  :func:`plan_json_schema` narrowed to the exercise names that suit the request
-  (``include_optional=False``), passed through :func:`anthropic.transform_schema`
+* ``"tool"`` — *strict tool use*: one tool ``submit_plan`` whose ``input_schema`` is the served
+  grammar's schema for the request (:func:`grammar.standard_plan_schema`: allowed names per block,
+  the coaching standard's ranges per role), passed through :func:`anthropic.transform_schema`
   (moves bounds the API's grammar does not support into descriptions, oneOf → anyOf),
   with ``"strict": True`` and ``tool_choice={"type": "tool", "name": "submit_plan"}``.
   The answer is the ``tool_use`` block's ``input``.
@@ -15,9 +15,11 @@ Either way every answer is re-validated locally (:func:`validate.validate_exampl
 JSON / schema failures ("malformed": no tool_use block, invalid JSON, schema
 violation) get ``malformed_retries`` (default 1) fresh attempts, domain failures
 (duration, equipment...) get ``domain_retries`` (default 1) follow-up turns that tell
-Claude what was wrong; after that the request becomes an error result (or, for a
-domain failure, the plan is returned and quarantined downstream). Nothing raises
-for a single request.
+Claude what was wrong; after that the request becomes an error result naming the
+reasons, and nothing is cached (the cache stores only answers that meet the standard).
+The request message states the standard for that request
+(:func:`standard.describe_for_request`), so the teacher and validation share one standard.
+Nothing raises for a single request.
 
 Transport: the SDK's own retries are off (``max_retries=0``); this module retries
 408/409/429/5xx/529, timeouts and connection errors up to ``max_retries`` times with
@@ -48,14 +50,13 @@ from typing import Any, Literal
 import anthropic
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.grammar import NoSuitableExercisesError, standard_plan_schema
 from pumpl_assets.core.prompts import request_to_prompt
 from pumpl_assets.core.schemas import (
-    SECONDS_PER_REP,
-    TRANSITION_SECONDS,
     RequestSpec,
     dump_plan,
-    plan_json_schema,
 )
+from pumpl_assets.core.standard import describe_for_request
 from pumpl_assets.core.teachers.base import TeacherResult, estimate_cost_usd, redact
 from pumpl_assets.core.teachers.cache import CachedAnswer, TeacherCache, cache_key
 from pumpl_assets.core.validate import validate_example
@@ -68,20 +69,17 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 TARGET_TOLERANCE = 0.05
 
 TEACHER_SYSTEM_PROMPT = (
-    "You are Pumpl, a certified strength coach writing one workout session template for the request.\n"
+    "You are Pumpl, a certified strength and conditioning coach. Write the week's plan for the request "
+    "to the Pumpl coaching standard (ACSM 2009 resistance-training progression models, ACSM flexibility "
+    "guidance, standard HIIT work:rest patterns); the request message states the standard's numbers for "
+    "this person.\n"
     "Rules:\n"
-    "- Blocks: warmup (1-3 light timed exercises: cardio, mobility, easy body weight), main (1-8), "
-    "cooldown (1-3 timed stretches). No exercise twice in a block.\n"
-    "- Use only exercise names from the schema's enum (they already suit the person's level, "
-    "equipment and limitations).\n"
-    "- Each exercise has sets, rest_s and EITHER reps (rep-based) OR work_s (timed), never both.\n"
-    "- Goal rules: strength 4-6 reps, long rest (120-180 s); hypertrophy 8-12 reps, 60-90 s rest; "
-    "endurance 15-20 reps, short rest; fat_loss timed circuits (work_s 30-60, short rest); "
-    "mobility timed stretches; general_fitness a mix.\n"
-    f"- DURATION: each exercise lasts sets × (work + rest_s) + {TRANSITION_SECONDS} s, where work = "
-    f"reps × {SECONDS_PER_REP} s or work_s. The sum over all blocks MUST be within ±5% of the requested "
-    "minutes × 60. Do the arithmetic before answering.\n"
-    "- total_minutes = the requested minutes; days_per_week = the requested days; title ≤ 40 characters.\n"
+    "- Use only exercise names from the schema's enums; they already suit the person's level, equipment "
+    "and injuries, and each main-block variant carries the standard's ranges for that kind of exercise.\n"
+    "- Each exercise has EITHER reps OR work_s (holds, stretches, drills, cardio and interval work are "
+    "timed), never both.\n"
+    "- total_minutes = the requested minutes per session; days_per_week = the requested days; title ≤ 60 "
+    "characters. Do the duration arithmetic before answering.\n"
     "- Omit equipment, muscles and notes."
 )
 
@@ -174,15 +172,23 @@ class ClaudeTeacher:
     def build_prompt(self, request: RequestSpec) -> str:
         seconds = request.minutes * 60
         lo, hi = round(seconds * (1 - TARGET_TOLERANCE)), round(seconds * (1 + TARGET_TOLERANCE))
-        return f"{request_to_prompt(request)}\nTarget duration: {seconds} s (allowed {lo}-{hi} s)."
+        standard = describe_for_request(
+            request.goal, request.level, request.minutes, request.days_per_week, request.focus
+        )
+        return (
+            f"{request_to_prompt(request)}\nTarget duration of each session: {seconds} s (allowed {lo}-{hi} s)."
+            f"\nThe standard for this request:\n{standard}"
+        )
 
     def build_schema(self, request: RequestSpec, catalogue: ExerciseCatalogue) -> dict[str, Any] | None:
-        names = sorted(
-            {e.name for e in catalogue.suitable(request.level, request.equipment, request.limitations)}
-        )
-        if not names:
+        """The served grammar's schema for the request (names per block, the standard's ranges per
+        role), in the form the Messages API's strict tools accept."""
+        suitable = catalogue.suitable(request.level, request.equipment, request.limitations)
+        try:
+            schema = standard_plan_schema(request, suitable)
+        except NoSuitableExercisesError:
             return None
-        return anthropic.transform_schema(plan_json_schema(exercise_names=names, include_optional=False))
+        return anthropic.transform_schema(schema)
 
     def _request_kwargs(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -330,10 +336,14 @@ class ClaudeTeacher:
                     log.warning("Claude reply malformed (%s); asking again", redact(str(e), self._api_key))
                     continue
                 return TeacherResult(request, None, redact(str(e), self._api_key), False, *tokens)
-            if not outcome.ok and domain_left > 0:
-                domain_left -= 1
-                messages = [*messages, assistant, self._feedback(assistant, outcome.reasons)]
-                continue
+            if not outcome.ok:
+                if domain_left > 0:
+                    domain_left -= 1
+                    messages = [*messages, assistant, self._feedback(assistant, outcome.reasons)]
+                    continue
+                # Never cached: only answers that meet the standard are stored (cache.py).
+                reason = "plan breaks the standard: " + "; ".join(outcome.reasons)[:500]
+                return TeacherResult(request, None, redact(reason, self._api_key), False, *tokens)
             plan_text = dump_plan(outcome.plan)
             if self.cache is not None:
                 self.cache.put(key, CachedAnswer(plan_text, self.model, tokens[0], tokens[1]))

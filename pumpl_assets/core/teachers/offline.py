@@ -170,11 +170,22 @@ def _role_sequence(goal: str, rng: random.Random) -> list[str]:
     if goal in RESISTANCE_GOALS:
         seq = ["primary", "primary", "assistance", "primary", "assistance", "assistance", "primary", "assistance",
                "assistance", "primary"]  # fmt: skip
-        return seq[:-1] + ["hold"] if rng.random() < 0.5 else seq
+        return [*seq[:-1], "hold"] if rng.random() < 0.5 else seq
     if goal == "fat_loss":
         return ["primary", "conditioning", "primary", "conditioning", "assistance", "conditioning", "hold", "primary",
                 "conditioning", "assistance"]  # fmt: skip
-    return ["drill", "stretch", "stretch", "drill", "stretch", "stretch", "drill", "stretch", "stretch", "drill"]
+    return [
+        "drill",
+        "stretch",
+        "stretch",
+        "drill",
+        "stretch",
+        "stretch",
+        "drill",
+        "stretch",
+        "stretch",
+        "drill",
+    ]
 
 
 @dataclass
@@ -234,8 +245,12 @@ def _session(
             raise PlanningError(f"no suitable {block} exercise in the catalogue for the {where}")
 
     # Warm-up and cool-down sized to the session ([ACSM-FLEX]).
-    n_warm = min(MAX_WARMUP, len(warm_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 60 else 3)
-    n_cool = min(MAX_COOLDOWN, len(cool_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 45 else 3)
+    n_warm = min(
+        MAX_WARMUP, len(warm_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 60 else 3
+    )
+    n_cool = min(
+        MAX_COOLDOWN, len(cool_pool), 1 if request.minutes <= 20 else 2 if request.minutes <= 45 else 3
+    )
     w_lo, w_hi = warmup_minutes(request.minutes)
     warm_total = min(w_hi, max(w_lo, request.minutes * 0.15)) * 60
     warm_work = _clamp(round((warm_total / n_warm - TRANSITION_SECONDS) / 15) * 15, *WARMUP.work_s)
@@ -245,7 +260,11 @@ def _session(
     # Main work: fill in the standard's order while it fits.
     focus_muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
     want_focus = bool(request.focus) and focus_possible(day, str(request.focus))
-    budget = target - n_warm * (warm_work + TRANSITION_SECONDS) - n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
+    budget = (
+        target
+        - n_warm * (warm_work + TRANSITION_SECONDS)
+        - n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
+    )
     prefer_eq = {e for e in request.equipment if e != "body only"}
     items: list[_Item] = []
     chosen: set[str] = set()
@@ -257,11 +276,17 @@ def _session(
         n_focus = sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles)
         if want_focus and n_focus < focus_needed(len(items) + 1):
             # Focus first: a focus exercise of this role, else of any role the goal uses.
-            focus_pool = [e for e in main_pool if set(e.primary_muscles) & focus_muscles and e.name not in chosen]
+            focus_pool = [
+                e for e in main_pool if set(e.primary_muscles) & focus_muscles and e.name not in chosen
+            ]
             same_role = [e for e in focus_pool if e.role == role]
             pool = same_role or focus_pool or pool
             if pool and pool[0].role != role and not same_role:
-                role = pool[0].role if len({e.role for e in pool}) == 1 else rng.choice(sorted({e.role for e in pool}))
+                role = (
+                    pool[0].role
+                    if len({e.role for e in pool}) == 1
+                    else rng.choice(sorted({e.role for e in pool}))
+                )
                 pool = [e for e in pool if e.role == role]
         dose = doses[role]
         if dose.seconds() > budget + 0.4 * dose.seconds():
@@ -273,7 +298,9 @@ def _session(
             avoid=used_main,
             prefer=prefer_eq,
             prefer_level=request.level,
-            muscle=MUSCLE_ROTATION[(offset + i) % len(MUSCLE_ROTATION)] if request.goal != "mobility" else None,
+            muscle=MUSCLE_ROTATION[(offset + i) % len(MUSCLE_ROTATION)]
+            if request.goal != "mobility"
+            else None,
         )
         if pick is None:
             continue
@@ -282,7 +309,9 @@ def _session(
         budget -= dose.seconds()
     if not items:
         raise PlanningError(f"no main exercise fits the {request.minutes}-min {where}")
-    if want_focus and sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles) < focus_needed(len(items)):
+    if want_focus and sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles) < focus_needed(
+        len(items)
+    ):
         raise PlanningError(f"not enough {request.focus} exercises for the {where}")
     items.sort(key=lambda it: order_rank(it.role, it.ex.primary_muscles))
 
@@ -290,7 +319,9 @@ def _session(
     warm_work = _fit(request, items, n_warm, warm_work, n_cool, cool_sets, cool_work, target)
     warm_ex = _edge_items(warm_pool, n_warm, rng, exclude=chosen, first_cardio=rng.random() < 0.7)
     trained = [m for it in items for m in it.ex.primary_muscles]
-    cool_ex = _edge_items(cool_pool, n_cool, rng, exclude=chosen | {e.name for e in warm_ex}, prefer_muscles=trained)
+    cool_ex = _edge_items(
+        cool_pool, n_cool, rng, exclude=chosen | {e.name for e in warm_ex}, prefer_muscles=trained
+    )
     if len(warm_ex) < n_warm or len(cool_ex) < n_cool:
         raise PlanningError(f"not enough distinct warm-up/cool-down exercises for the {where}")
     used_main.update(chosen)
@@ -375,7 +406,15 @@ GOAL_TITLES: dict[str, str] = {
     "general_fitness": "Fitness",
 }
 SPLIT_TITLES = {"full_body": "Full-Body", "upper_lower": "Upper/Lower", "push_pull_legs": "Push/Pull/Legs"}
-TITLE_ADJECTIVES: tuple[str, ...] = ("Foundation", "Power", "Balanced", "Classic", "Express", "Steady", "Core")
+TITLE_ADJECTIVES: tuple[str, ...] = (
+    "Foundation",
+    "Power",
+    "Balanced",
+    "Classic",
+    "Express",
+    "Steady",
+    "Core",
+)
 
 
 def _equipment_word(request: RequestSpec) -> str:
@@ -409,9 +448,7 @@ def plan_for_request(request: RequestSpec, catalogue: ExerciseCatalogue) -> Work
         doses = {role: first for role in doses}
     split = split_for(request.goal, request.days_per_week)
     used_main: set[str] = set()
-    sessions = [
-        _session(request, day, suitable, doses, rng, used_main) for day in SPLIT_DAYS[split]
-    ]
+    sessions = [_session(request, day, suitable, doses, rng, used_main) for day in SPLIT_DAYS[split]]
     title = f"{TITLE_ADJECTIVES[rng.randrange(len(TITLE_ADJECTIVES))]} {_equipment_word(request)} {GOAL_TITLES[request.goal]}"
     if split != "full_body":
         title = f"{SPLIT_TITLES[split]} {_equipment_word(request)} {GOAL_TITLES[request.goal]}"

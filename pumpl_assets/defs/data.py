@@ -350,7 +350,7 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=DATA,
-    deps=["merged"],
+    deps=["merged", "data_profile"],
     code_version=code_version("split-1", SplitConfig().model_dump()),
     check_specs=[
         gate_spec("proportions", "split", "train/val/test within ±2 points of 80/10/10 (when n ≥ 200)"),

@@ -279,3 +279,23 @@ def test_data_profile_fails_clearly_without_a_v2_merged_file(pumpl_env: Path) ->
     assert not result.success and materialized(result) == set()
     failures = [e for e in result.all_events if e.is_step_failure]
     assert failures and "missing column(s) ['plan_json']" in str(failures[0].event_specific_data)
+
+
+@pytest.mark.unit
+def test_an_exercise_in_several_sessions_of_one_plan_counts_once(tmp_path: Path) -> None:
+    """Shares are per plan: an upper/lower week with the same exercise in both sessions is one plan."""
+    rows = grid_rows()
+    plan = json.loads(rows[0]["plan_json"])
+    upper = {**plan["sessions"][0], "day": "upper"}
+    lower = {**plan["sessions"][0], "day": "lower"}
+    two = WorkoutPlanResponse.model_validate(
+        {**plan, "split": "upper_lower", "days_per_week": 4, "sessions": [upper, lower]}
+    )
+    rows[0]["plan_json"] = dump_plan(two)
+    prof = profile_examples(write_merged(rows, tmp_path))
+    name = plan["sessions"][0]["main"][0]["name"]
+    freq = prof.exercise_frequency.filter((pl.col("block") == "main") & (pl.col("name") == name))
+    assert freq["plans"].item() == 4  # the round-robin put it in 4 plans; the second session adds none
+    assert {"split": "upper_lower", "days_per_week": 4, "plans": 1} in prof.splits.to_dicts()
+    # Prescriptions count items, so the doubled session does add main items.
+    assert prof.prescriptions["items"].sum() == 36 * 4 + 4

@@ -162,9 +162,9 @@ ORDER BY grid.goal, grid.level
 """
 
 
-def _quantile_columns(col: str, where: str | None = None) -> str:
-    arg = f"{col}" if where is None else f"CASE WHEN {where} THEN {col} END"
-    return ", ".join(f"quantile_cont({arg}, {q}) AS {col}_p{round(q * 100)}" for q in QUANTILES)
+def _quantile_columns(col: str) -> str:
+    """p10/p50/p90 of ``col`` (NULLs — e.g. reps of timed items — are ignored by DuckDB's aggregates)."""
+    return ", ".join(f"quantile_cont({col}, {q}) AS {col}_p{round(q * 100)}" for q in QUANTILES)
 
 
 _PRESCRIPTIONS_SQL = f"""

@@ -17,6 +17,7 @@ ASSETS = [
     "distilled",
     "validated",
     "merged",
+    "data_profile",
     "split",
     "lora_adapter",
     "eval_report",

@@ -14,6 +14,7 @@ EXPECTED = [
     "distilled",
     "validated",
     "merged",
+    "data_profile",
     "split",
     "lora_adapter",
     "eval_report",

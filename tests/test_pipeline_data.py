@@ -12,7 +12,7 @@ from pumpl_assets.common import DistillConfig, RawConfig, ValidateConfig
 from pumpl_assets.core import settings
 from tests.pipeline_helpers import PARTITION, check_outcomes, materialized, run
 
-DATA_HALF = ["raw", "distilled", "validated", "merged", "split"]
+DATA_HALF = ["raw", "distilled", "validated", "merged", "data_profile", "split"]
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ from pumpl_assets.common import DistillConfig, EvalConfig, QuantizeConfig, Train
 from pumpl_assets.core import settings
 from tests.pipeline_helpers import PARTITION, check_outcomes, materialized, run
 
-DATA_HALF = ["raw", "distilled", "validated", "merged", "split"]
+DATA_HALF = ["raw", "distilled", "validated", "merged", "data_profile", "split"]
 SMALL_EVAL = EvalConfig(limit=4, max_new_tokens=16, batch_size=4)
 
 

@@ -70,7 +70,7 @@ def test_shipped_files_ingest_with_nothing_quarantined(shipped: IngestResult) ->
     by_name = {Path(r["source_file"]).name: r for r in shipped.files.iter_rows(named=True)}
     assert by_name["exercises.json"]["format"] == "json"
     assert by_name["exercises_extra.csv"]["format"] == "csv"
-    assert 80 <= by_name["exercises.json"]["accepted"] <= 120
+    assert 250 <= by_name["exercises.json"]["accepted"] <= 300
     assert 8 <= by_name["exercises_extra.csv"]["accepted"] <= 15
     assert 10 <= by_name["pairs.jsonl"]["accepted"] <= 20
     assert (
@@ -99,6 +99,53 @@ def test_catalogue_covers_levels_equipment_and_categories(shipped: IngestResult)
     cats = df["category"].value_counts()
     counts = dict(zip(cats["category"], cats["count"], strict=True))
     assert counts["stretching"] >= 10 and counts["cardio"] >= 5 and counts["strength"] >= 50
+
+
+MAIN_CATEGORIES = ("strength", "powerlifting", "plyometrics")
+MAJOR_MUSCLES = (
+    "abdominals",
+    "adductors",
+    "biceps",
+    "calves",
+    "chest",
+    "glutes",
+    "hamstrings",
+    "lats",
+    "lower back",
+    "middle back",
+    "quadriceps",
+    "shoulders",
+    "triceps",
+)
+
+
+@pytest.mark.unit
+def test_catalogue_is_rich_enough_for_varied_plans(shipped: IngestResult) -> None:
+    """Enough beginner main lifts per piece of equipment, warm-up drills and a static stretch per muscle."""
+    df = shipped.exercises
+    beginner_main = df.filter((pl.col("level") == "beginner") & pl.col("category").is_in(MAIN_CATEGORIES))
+    minimum = {"body only": 30, "dumbbell": 15, "bands": 15, "kettlebells": 6, "cable": 10, "machine": 10}
+    for eq, n in minimum.items():
+        got = beginner_main.filter(pl.col("equipment") == eq).height
+        assert got >= n, (eq, got)
+    for eq in ("body only", "dumbbell", "kettlebells", "bands", "barbell", "cable", "machine"):
+        muscles = set(
+            df.filter((pl.col("equipment") == eq) & pl.col("category").is_in(MAIN_CATEGORIES)).explode(
+                "primary_muscles"
+            )["primary_muscles"]
+        )
+        assert {"quadriceps", "glutes", "hamstrings"} & muscles and {"chest", "shoulders"} & muscles, eq
+    static = df.filter((pl.col("category") == "stretching") & (pl.col("force") == "static"))
+    assert set(MAJOR_MUSCLES) <= set(static.explode("primary_muscles")["primary_muscles"])
+    drills = df.filter(
+        (pl.col("equipment") == "body only")
+        & (pl.col("level") == "beginner")
+        & (
+            ((pl.col("category") == "stretching") & pl.col("force").is_null())
+            | (pl.col("category") == "cardio")
+        )
+    )
+    assert drills.height >= 20
 
 
 @pytest.mark.unit

@@ -35,7 +35,7 @@ from tests.ui_helpers import (
 pytestmark = pytest.mark.integration
 
 ASSETS = [
-    "raw", "distilled", "validated", "merged", "split",
+    "raw", "distilled", "validated", "merged", "data_profile", "split",
     "lora_adapter", "eval_report", "merged_model", "awq_model", "registry_entry",
 ]  # fmt: skip
 SENSOR = "raw_data_sensor"

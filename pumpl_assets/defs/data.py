@@ -353,7 +353,7 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=DATA,
-    deps=["merged"],
+    deps=["merged", "data_profile"],
     code_version=code_version("split-2", SplitConfig().model_dump()),
     check_specs=[
         gate_spec(

@@ -53,19 +53,33 @@ _NAME_RULES: tuple[tuple[Pattern, str, re.Pattern[str]], ...] = tuple(
     (p, rule, re.compile(rx))
     for p, rule, rx in (
         ("jump", "name:jump", r"\bjump|\bhop\b|\bhops\b|bound|burpee|(?<!step )\bjacks?\b|tuck jump|skater|plyo"),
-        ("run", "name:run", r"sprint|high knees|butt kick|\brun\b|running|shuffle|carioca|shuttle"),
-        ("deep_knee_flexion", "name:squat/lunge", r"squat|lunge|pistol|step-?up|wall sit|leg press|hack|thruster|wall ball|skater"),
+        ("run", "name:run", r"sprint|high knees|butt kick|\brun\b|running|\bjog|fast feet|shuffle|carioca|shuttle"),
+        ("deep_knee_flexion", "name:squat/lunge",
+         r"squat|lunge|pistol|step-?up|wall sit|leg press|hack|thruster|wall ball|skater|stair|world's greatest"),
         ("knee_extension", "name:leg extension", r"leg extension|knee extension"),
-        ("spinal_flexion", "name:flexion", r"sit-?up|crunch|russian twist|v-?up|(?<!side-lying )leg raise|dragon flag|toes to bar|jack-?knife|\bslam|woodchop"),
-        ("hinge", "name:hinge", r"deadlift|good morning|bent-?over|pendlay|t-bar row|\bswing\b|\bclean\b|snatch|stiff-?leg|romanian"),
-        ("overhead_press", "name:overhead", r"overhead (press|triceps ext)|shoulder press|military|push press|jerk|pike push|handstand|clean and press|thruster|wall ball|arnold|seated dumbbell press|snatch|get-?up|\bhalo\b"),
-        ("hanging", "name:hanging", r"pull-?up|chin-?up|hanging|muscle-?up|pulldown"),
-        ("dip", "name:dip", r"\bdips?\b"),
-        ("upright_row", "name:upright row", r"upright row"),
+        ("spinal_flexion", "name:flexion",
+         r"sit-?up|crunch|russian twist|v-?up|(?<!side-lying )leg raise|dragon flag|toes to bar|jack-?knife|\bslam|woodchop"),
+        ("hinge", "name:hinge",
+         r"deadlift|good morning|bent-?over|pendlay|t-bar row|\bswing\b|\bclean\b|snatch|stiff-?leg|romanian|windmill"),
+        ("overhead_press", "name:overhead",
+         r"overhead (press|triceps ext)|shoulder press|military|push press|jerk|pike push|handstand|clean and press|"
+         r"thruster|wall ball|arnold|seated dumbbell press|snatch|get-?up|\bhalo\b|squat to press|pullover|windmill"),
+        ("hanging", "name:hanging", r"pull-?up|chin-?up|hanging|dead hang|muscle-?up|pulldown"),
+        ("dip", "name:dip", r"(?<!hip )\bdips?\b"),
+        ("upright_row", "name:upright row", r"upright row|high pull"),
         ("behind_neck", "name:behind neck", r"behind[- ]the[- ]neck|dislocate"),
-        ("wrist_extension", "name:palms", r"push-?up|(?<!forearm )(?<!side )plank|handstand|mountain climber|crawl|burpee|inchworm|renegade|\bdips?\b|front squat|\bclean\b|wall ball|cat-?cow|bird dog|kickback|quadruped|fire hydrant"),
+        ("wrist_extension", "name:palms",
+         r"push-?up|(?<!forearm )(?<!side )plank|handstand|mountain climber|crawl|burpee|inchworm|renegade|"
+         r"(?<!hip )\bdips?\b|front squat|front rack|\bclean\b|wall ball|cat-?cow|bird dog|kickback|quadruped|"
+         r"fire hydrant|downward dog|cobra|squat thrust"),
     )
 )  # fmt: skip
+# Wrist-neutral variants: on the fists, on dumbbell handles, on the forearms; standing kickbacks.
+_WRIST_NEUTRAL = re.compile(r"knuckle|handle|forearm|triceps kickback|cable glute kickback|side plank")
+# Angled or horizontal presses that the "push + compound + shoulders" rule must not call overhead.
+_NOT_OVERHEAD = re.compile(r"landmine|bench|decline|incline push|push-?up|floor press|chest")
+# Static stretches hold a position without load: only the hand-support and behind-the-neck rules apply.
+_STATIC_STRETCH_PATTERNS = frozenset({"behind_neck", "wrist_extension"})
 _LOWER = frozenset({"quadriceps", "hamstrings", "glutes", "calves", "adductors", "abductors"})
 
 
@@ -80,11 +94,11 @@ def infer_patterns(
     """(patterns, rule) for an exercise that carries no tags; ``rule`` names every rule that fired."""
     low = name.lower()
     found: dict[Pattern, str] = {}
-    stretch = category == "stretching"
+    static_stretch = category == "stretching" and force == "static"
     for pattern, rule, rx in _NAME_RULES:
-        if pattern == "wrist_extension" and rx.pattern and "kickback" in low and "glute" not in low:
-            continue  # cable/dumbbell triceps kickbacks are standing, not on the palms
-        if rx.search(low) and not (stretch and pattern not in ("behind_neck", "wrist_extension")):
+        if pattern == "wrist_extension" and _WRIST_NEUTRAL.search(low):
+            continue
+        if rx.search(low) and not (static_stretch and pattern not in _STATIC_STRETCH_PATTERNS):
             found.setdefault(pattern, rule)
     mus = set(muscles)
     if category == "plyometrics" and mus & _LOWER:
@@ -92,12 +106,13 @@ def infer_patterns(
     if "bench press" in low and equipment == "barbell":
         found.setdefault("barbell_press", "name:barbell bench press")
     if (
-        not stretch
+        category != "stretching"
         and force == "push"
         and mechanic == "compound"
         and "shoulders" in mus
         and "overhead_press" not in found
         and "row" not in low
+        and not _NOT_OVERHEAD.search(low)
     ):
         found.setdefault("overhead_press", "force:push+compound+shoulders")
     rules = sorted(set(found.values()))

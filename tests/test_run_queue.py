@@ -23,7 +23,8 @@ import pytest
 from tests.pg_helpers import REPO_ROOT, VENV_BIN, PgServer, postgres, team_home
 from tests.ui_helpers import Server, free_port, wait_for
 
-pytestmark = pytest.mark.integration
+# ~1.5 min (daemon + 9 run processes on 2 cores): out of the fast default suite; CI (-m "not gpu") runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GPU_RUNS = ["p1", "p1", "p2", "p2", "p3"]
 NOOP_RUNS = ["n1", "n2", "n3", "n4"]

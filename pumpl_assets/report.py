@@ -59,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         wall = f"{r['wall_s']:.1f}" if isinstance(r["wall_s"], int | float) else "-"
         print(f"| {r['asset']} | {'yes' if r['materialized'] else 'NO'} | {wall} | {gates} |")
         ok = ok and r["materialized"] and all(r["gates"].values())
+    eval_dir = settings.artifacts_dir(args.partition, "eval_report")
+    if (eval_dir / "summary.json").is_file():
+        from pumpl_assets.core.evaluate import load_summary
+        from pumpl_assets.core.report import check_table_markdown
+
+        causes_path = eval_dir / "failure_causes.json"
+        causes = json.loads(causes_path.read_text()) if causes_path.is_file() else None
+        print("\nPer-check pass rates (eval_report):\n")
+        print(check_table_markdown(load_summary(eval_dir), causes))
     if not ok:
         print(f"partition {args.partition}: some asset is missing or a gate failed", file=sys.stderr)
     return 0 if ok else 1

@@ -197,20 +197,20 @@ def _domain_reasons(
                 if block == "warmup":
                     if not (
                         cat.warmup_ok
-                        and _timed(ex)
+                        and isinstance(ex, TimedExercise)
                         and ex.sets == 1
                         and WARMUP.work_s[0] <= ex.work_s <= WARMUP.work_s[1]
-                    ):  # type: ignore[union-attr]
+                    ):
                         found["blocks"].append(
                             f"{where} is not a timed light dynamic drill or easy cardio ({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s, one set)"
                         )
                 elif block == "cooldown":
                     if not (
                         cat.cooldown_ok
-                        and _timed(ex)
+                        and isinstance(ex, TimedExercise)
                         and COOLDOWN.sets[0] <= ex.sets <= COOLDOWN.sets[1]
                         and COOLDOWN.work_s[0] <= ex.work_s <= COOLDOWN.work_s[1]
-                    ):  # type: ignore[union-attr]
+                    ):
                         found["blocks"].append(
                             f"{where} is not a timed static stretch ({COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s, {COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets)"
                         )

@@ -265,7 +265,7 @@ def _session(
         - n_warm * (warm_work + TRANSITION_SECONDS)
         - n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
     )
-    prefer_eq = {e for e in request.equipment if e != "body only"}
+    prefer_eq: set[str] = {str(e) for e in request.equipment if e != "body only"}
     items: list[_Item] = []
     chosen: set[str] = set()
     offset = rng.randrange(len(MUSCLE_ROTATION))

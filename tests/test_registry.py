@@ -54,7 +54,7 @@ def test_names_and_metric_tags() -> None:
 @pytest.mark.unit
 def test_remote_store_never_gets_a_file_artifact_location() -> None:
     assert not is_remote_store("sqlite:////tmp/x.db") and not is_remote_store("/tmp/mlruns")
-    assert not is_remote_store("file:///tmp/mlruns")
+    assert not is_remote_store("file:///tmp/mlruns") and not is_remote_store("postgresql+psycopg2://u@h/db")
     assert is_remote_store("http://127.0.0.1:5000") and is_remote_store("https://mlflow.example")
     reg = Registry("http://user:s3cret@127.0.0.1:9")  # nothing listens on port 9
     assert reg.remote and reg.artifact_root is None

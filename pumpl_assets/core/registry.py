@@ -7,8 +7,8 @@ gate has passed).
 
 Stores. ``MLFLOW_TRACKING_URI`` (or the ``tracking_uri`` argument) picks the store:
 
-* local (``sqlite:///…``, a folder, ``file:``): experiments get a ``file://`` artifact location
-  under ``<data root>/mlflow/artifacts`` (no server, no network);
+* local (``sqlite:///…``, a folder, ``file:``, or a database URI used directly): experiments get
+  a ``file://`` artifact location under ``<data root>/mlflow/artifacts`` (no server, no network);
 * remote (``http(s)://`` — ``mlflow server --serve-artifacts``, e.g. on PostgreSQL with an S3
   artifact store): no artifact location is ever set by the client, so artifacts go where the
   *server* puts them (``mlflow-artifacts:/`` → its ``--artifacts-destination``) and never land
@@ -72,7 +72,6 @@ ARTIFACT_TAG = "artifact.{kind}"
 SOURCE_PATH_TAG = "source_path.{kind}"
 PATH_TAG = "path.{kind}"  # only on versions registered by folder path (copy=False, development)
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+|latest))$")
-_LOCAL_SCHEMES = ("", "file", "sqlite")
 
 
 class RegistryError(LookupError):
@@ -93,10 +92,13 @@ def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
 
 
 def is_remote_store(tracking_uri: str) -> bool:
-    """True for a tracking server (``http(s)://``, ``databricks``…): never give it a ``file://`` location."""
-    return urlparse(tracking_uri).scheme not in _LOCAL_SCHEMES and not re.match(
-        r"^[A-Za-z]:[\\/]", tracking_uri
-    )
+    """True for a tracking server (``http(s)://``, ``databricks``): the client never sets an artifact location.
+
+    Database URIs used directly (``sqlite:``, ``postgresql+psycopg2:``…) and folders are local
+    stores: their experiments get a ``file://`` location under ``<data root>/mlflow/artifacts``.
+    """
+    scheme = urlparse(tracking_uri).scheme
+    return scheme in ("http", "https") or scheme.startswith("databricks")
 
 
 def model_cache_dir() -> Path:

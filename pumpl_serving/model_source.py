@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pumpl_assets.core import artifacts
+
 log = logging.getLogger("pumpl_serving")
 
 
@@ -80,7 +82,7 @@ class PathSource:
 
     def resolve(self) -> ModelRef:
         p = Path(self.path).expanduser().resolve()
-        if not (p / "config.json").is_file():
+        if not (p / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(
                 f"--model-path {p} is not a Hugging Face model folder (no config.json); "
                 "point it at a merged or AWQ model folder"
@@ -152,13 +154,17 @@ class RegistrySource:
         try:
             path = reg.download_model(info, self.kind, self.cache_dir)
             catalogue = None
-            if "catalogue" in info.sha256:
-                cat_dir = reg.download_model(info, "catalogue", self.cache_dir)
-                catalogue = next(iter(sorted(cat_dir.glob("*.parquet"))), None)
+            if artifacts.RUN_CATALOGUE in info.sha256:
+                cat_dir = reg.download_model(info, artifacts.RUN_CATALOGUE, self.cache_dir)
+                catalogue = (
+                    cat_dir / artifacts.FILE_EXERCISES
+                    if (cat_dir / artifacts.FILE_EXERCISES).is_file()
+                    else None
+                )
         except RegistryError as exc:
             hint = " (use --engine transformers: the merged model)" if self.kind == "awq" else ""
             raise ModelSourceError(f"{self.uri} → {exc}{hint}") from None
-        if not (path / "config.json").is_file():
+        if not (path / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(
                 f"{self.uri} (version {info.version}): its {self.kind} files hold no config.json; "
                 "it is not a model folder"

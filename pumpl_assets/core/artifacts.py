@@ -101,11 +101,15 @@ FILE_VALIDATED = "validated.parquet"
 FILE_MERGED = "merged.parquet"
 # split (core/dataset.write_split_files): <split>.parquet and <split>.jsonl
 SPLITS = ("train", "val", "test")
-# lora_adapter
-DIR_ADAPTER = "adapter"
-DIR_CHECKPOINTS = "checkpoints"
+# lora_adapter (the asset folder is also the trainer's out_dir: core/training/base.py, run.py)
+DIR_ADAPTER = "adapter"  # PEFT format: adapter_config.json + adapter_model.safetensors
+DIR_CHECKPOINTS = "checkpoints"  # step-NNNNNN/ each with COMPLETE.json (training/base.py)
 FILE_TRAIN_LOG = "train.log"
 FILE_LOSS_PLOT = "loss.png"
+FILE_TRAIN_METRICS = "metrics.json"
+FILE_LOSS_CURVE = "loss_curve.png"
+FILE_TRAIN_JOB = "job.json"
+FILE_TRAIN_RESULT = "result.json"
 # eval_report
 FILE_SUMMARY = "summary.json"
 FILE_SUMMARY_FOR_REGISTRY = "summary_for_registry.json"

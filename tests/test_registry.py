@@ -199,3 +199,21 @@ def test_register_refuses_non_model_folder(registry: Registry, tmp_path: Path) -
     with pytest.raises(ValueError, match="needs merged_dir"):
         registry.register_model(PART, run_id="r", merged_dir=None, awq_dir=None, tags={})
     assert registry.list_versions(PART) == []
+
+
+@pytest.mark.unit
+def test_prune_model_cache_keeps_current_and_newest(tmp_path: Path) -> None:
+    import os
+
+    from pumpl_assets.core.registry import prune_model_cache
+
+    cache = tmp_path / NAME
+    dirs = []
+    for i in range(1, 5):
+        d = cache / f"v{i}-abc" / "merged"
+        d.mkdir(parents=True)
+        os.utime(d.parent, (1000 + i, 1000 + i))
+        dirs.append(d.parent)
+    removed = prune_model_cache(cache, keep=dirs[3], keep_latest=2)
+    assert sorted(removed) == dirs[:2]
+    assert sorted(p for p in cache.iterdir()) == dirs[2:]

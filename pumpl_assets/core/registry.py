@@ -391,6 +391,7 @@ class Registry:
                     )
             with _VERIFY_LOCK:
                 _VERIFIED.add((str(dest), digest))
+            prune_model_cache(root / info.name, keep=dest.parent)
             return dest
         with _VERIFY_LOCK:
             known = (str(dest), digest) in _VERIFIED
@@ -544,6 +545,27 @@ def _model_folder(folder: Path | str) -> Path:
     if not (path / artifacts.FILE_MODEL_CONFIG).is_file():
         raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
     return path
+
+
+def prune_model_cache(model_cache: Path, keep: Path, keep_latest: int | None = None) -> list[Path]:
+    """Delete a registered model's cached versions but ``keep`` and the newest others.
+
+    At most ``keep_latest`` (default ``PUMPL_MODEL_CACHE_KEEP`` or 2) version folders stay, ``keep``
+    included — so the version a server swaps away from stays on disk while its requests finish.
+    Returns what was removed. (On Linux a loaded engine's memory-mapped files stay readable anyway.)
+    """
+    n = keep_latest if keep_latest is not None else int(os.environ.get("PUMPL_MODEL_CACHE_KEEP", "2"))
+    if not model_cache.is_dir():
+        return []
+    others = sorted(
+        (d for d in model_cache.iterdir() if d.is_dir() and d.name.startswith("v") and d != keep),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    removed = others[max(n - 1, 0) :]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+    return removed
 
 
 @dataclass

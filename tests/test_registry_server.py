@@ -33,7 +33,9 @@ from pumpl_assets.core.io import sha256_tree
 from pumpl_assets.core.registry import Registry, register_candidate
 from tests.services import DUMMY_AWS, MlflowServer, free_port
 
-pytestmark = pytest.mark.integration
+# Real Postgres + moto S3 + an MLflow server (~2-3 min): outside the fast default suite, run by CI
+# (scripts/test.sh runs every test but the gpu ones).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PART = "smollm2-135m"
 NAME = f"pumpl-{PART}"

@@ -1,21 +1,22 @@
-"""Train in a fresh process: ``python -m pumpl_assets.core.training.run --job job.json``.
+"""The training entry point, run in a fresh process.
+
+* Under Dagster Pipes (what the ``lora_adapter`` asset launches, locally through
+  ``PipesSubprocessClient`` or as a Ray job through ``PipesRayJobClient``)::
+
+      python -m pumpl_assets.core.training.run --pipes
+
+  The job (see :mod:`pumpl_assets.core.training.job`) arrives as the Pipes extra ``job``; the
+  process streams its log (one line per optimizer step with the loss) to Dagster, then reports the
+  materialization (metadata: per-step loss, final metrics; data version: the adapter's hash) and
+  the three gates of :mod:`pumpl_assets.core.training.gates` as asset checks.
+* Standalone, for scripts and benches: ``python -m pumpl_assets.core.training.run --job job.json``
+  (or :func:`run_training_subprocess`), writing ``out_dir/result.json``.
 
 Why a subprocess: unsloth must be imported before transformers/peft/trl, which a long-lived
 process (the Dagster code server, a test session) has usually imported already; and a fresh
 process returns all training memory to the OS when it exits.
 
-The job file is JSON::
-
-    {
-      "base_model": "models/smollm2-135m",        # HF folder or hub id
-      "cfg": {...TrainingConfig...},
-      "train_path": "train.jsonl", "val_path": "val.jsonl",   # TrainingExample rows (.jsonl/.json/.parquet)
-      "out_dir": "artifacts/.../lora",
-      "style": "chat_template", "system_prompt": null, "device": "auto"
-    }
-
-``train`` / ``val`` may be given inline (lists of TrainingExample dicts) instead of paths.
-The child writes ``out_dir/result.json`` (a :class:`TrainResult`) atomically and exits 0;
+Standalone, the child writes ``out_dir/result.json`` (a :class:`TrainResult`) atomically and exits 0;
 on failure it exits non-zero with the error on stderr.
 """
 
@@ -64,6 +65,13 @@ def _examples(job: dict[str, Any], key: str) -> list[Any]:
 
     if key in job and job[key] is not None:
         return [TrainingExample.model_validate(r) for r in job[key]]
+    if job.get("split_dir"):
+        import polars as pl
+
+        from pumpl_assets.core.dataset import to_training_examples
+
+        df = pl.read_parquet(Path(job["split_dir"]) / f"{key}.parquet")
+        return list(to_training_examples(df, job.get("system_prompt")))
     path = job.get(f"{key}_path")
     return load_examples(path) if path else []
 
@@ -144,11 +152,92 @@ def _tail(path: Path, n: int = 4000) -> str:
         return "(no log)"
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _ForwardToPipes(logging.Handler):
+    """Forwards this process's ``pumpl_assets`` log records to Dagster through the Pipes logger."""
+
+    def __init__(self, pipes_log: logging.Logger) -> None:
+        super().__init__(logging.INFO)
+        self._pipes_log = pipes_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pipes_log.log(record.levelno, f"{record.name}: {record.getMessage()}")
+        except Exception:  # never let log forwarding break training
+            self.handleError(record)
+
+
+def materialization_metadata(result: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pipes metadata (plain JSON or typed ``{"raw_value", "type"}``) for one TrainResult."""
+    losses = [[int(s), float(v)] for s, v in result.train_loss]
+    return {
+        "backend": result.backend,
+        "steps": int(result.total_steps),
+        "steps_this_run": int(result.steps),
+        "resumed_from_step": int(result.resumed_from_step) if result.resumed_from_step is not None else -1,
+        "tokens_per_s": float(result.tokens_per_s),
+        "train_tokens": int(result.train_tokens),
+        "peak_rss_mb": float(result.peak_rss_mb),
+        "val_loss": float(result.val_loss) if result.val_loss is not None else float("nan"),
+        "final_train_loss": losses[-1][1] if losses else float("nan"),
+        "train_wall_s": round(float(result.wall_s), 3),
+        "train_loss": {"raw_value": losses, "type": "json"},
+        "recipe": {"raw_value": cfg, "type": "json"},
+        "adapter_dir": {"raw_value": str(result.adapter_dir), "type": "path"},
+        "loss_plot": {"raw_value": str(result.loss_plot or ""), "type": "path"},
+        "device": str(result.extra.get("device", "")),
+        "host_pid": f"{os.uname().nodename}:{os.getpid()}",
+    }
+
+
+def pipes_main() -> int:
+    """Run the Pipes extra ``job``; report metadata, data version and the gates to Dagster."""
+    from dagster_pipes import open_dagster_pipes
+
+    from pumpl_assets.core.io import sha256_tree
+    from pumpl_assets.core.training.base import TrainResult
+    from pumpl_assets.core.training.gates import adapter_integrity, training_gates
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    with open_dagster_pipes() as pipes:
+        job = pipes.get_extra("job")
+        out_dir = Path(job["out_dir"])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ours = logging.getLogger("pumpl_assets")
+        ours.setLevel(logging.INFO)
+        ours.addHandler(_ForwardToPipes(pipes.log))
+        file_log = logging.FileHandler(out_dir / "train.log")
+        file_log.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(file_log)
+        pipes.log.info(f"training {job['base_model']} on {job.get('device')} (pid {os.getpid()})")
+        payload = run_job(job)
+        result = TrainResult.from_json(payload)
+        gates = training_gates(result, adapter_integrity(result.adapter_dir))
+        pipes.report_asset_materialization(
+            metadata=materialization_metadata(result, job.get("cfg", {})),
+            data_version=sha256_tree(result.adapter_dir)[:16],
+        )
+        for gate in gates:
+            pipes.report_asset_check(
+                gate.name,
+                gate.passed,
+                severity="ERROR",
+                metadata={"description": gate.description, **gate.metadata},
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job", required=True, type=Path, help="job JSON (see module docstring)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--job", type=Path, help="job JSON (see pumpl_assets.core.training.job)")
+    mode.add_argument("--pipes", action="store_true", help="read the job from Dagster Pipes, report back")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.pipes:
+        return pipes_main()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     job = json.loads(args.job.read_text())
     try:
         payload = run_job(job)

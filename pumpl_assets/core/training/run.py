@@ -76,6 +76,114 @@ def _examples(job: dict[str, Any], key: str) -> list[Any]:
     return load_examples(path) if path else []
 
 
+# ---------------------------------------------------------------------------------------------
+# Composition: a model loader (peft | unsloth) + a recipe (plain | sft_trainer)
+
+
+def loader_for(backend: str, device: str) -> Any:
+    """The model loader for a resolved backend name (``peft`` or ``unsloth``)."""
+    if backend == "unsloth":
+        from pumpl_assets.core.training.model_unsloth import UnslothLoader
+
+        return UnslothLoader(device)
+    from pumpl_assets.core.training.model_peft import PeftLoader
+
+    return PeftLoader(device)
+
+
+def recipe_for(loop: str) -> Any:
+    """The recipe function ``(session, train, val) -> TrainResult`` for ``TrainingConfig.loop``."""
+    if loop == "sft_trainer":
+        from pumpl_assets.core.training.recipe_sft import train_sft
+
+        return train_sft
+    if loop == "plain":
+        from pumpl_assets.core.training.recipe_plain import train_plain
+
+        return train_plain
+    raise ValueError(f"unknown training loop {loop!r}; choose plain or sft_trainer")
+
+
+class Trainer:
+    """A loader and a recipe behind the ``setup → train → cleanup`` interface (:class:`base.TrainerBackend`)."""
+
+    def __init__(self, loader: Any, *, style: str = "chat_template", system_prompt: str | None = None):
+        self.loader = loader
+        self.name: str = loader.name
+        self.device: str = loader.device
+        self.style = style
+        self.system_prompt = system_prompt
+        self.session: Any = None
+
+    def setup(self, base_model: Path | str, cfg: Any, out_dir: Path) -> None:
+        self.session = self.loader.load(
+            base_model, cfg, Path(out_dir), style=self.style, system_prompt=self.system_prompt
+        )
+
+    def train(self, train: list[Any], val: list[Any]) -> Any:
+        if self.session is None:
+            raise RuntimeError("call setup() before train()")
+        return recipe_for(self.session.cfg.loop)(self.session, train, val)
+
+    def cleanup(self) -> None:
+        import gc
+
+        self.session = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def select_backend(
+    name: str,
+    device: str,
+    *,
+    cfg: Any = None,
+    style: str = "chat_template",
+    system_prompt: str | None = None,
+) -> Trainer:
+    """The trainer for ``name`` (auto/unsloth/peft) on ``device`` (auto/cpu/cuda).
+
+    The unsloth loader must run in a process where unsloth was imported before
+    transformers/peft; :func:`run_training_subprocess` gives such a process. Raises
+    :class:`~pumpl_assets.core.training.base.BackendUnavailableError` for unsupported combinations.
+    """
+    from pumpl_assets.core.training import base
+
+    backend, dev = base.resolve_backend_name(name, device, cfg)
+    return Trainer(loader_for(backend, dev), style=style, system_prompt=system_prompt)
+
+
+def train_lora(
+    base_model: Path | str,
+    cfg: Any,
+    train: list[Any],
+    val: list[Any],
+    out_dir: Path,
+    *,
+    style: str = "chat_template",
+    system_prompt: str | None = None,
+    device: str = "auto",
+) -> Any:
+    """Train a LoRA adapter in this process (``cfg.backend`` picks the loader, ``cfg.loop`` the recipe).
+
+    Resumes from ``out_dir``. ``system_prompt=None`` renders each example's own messages as they are
+    (its system message, or no system turn); a string overrides every example's (``""`` = no system
+    turn). Serving must render prompts the same way (:func:`pumpl_assets.core.prompts.render_prompt`).
+    """
+    trainer = select_backend(cfg.backend, device, cfg=cfg, style=style, system_prompt=system_prompt)
+    try:
+        trainer.setup(base_model, cfg, Path(out_dir))
+        return trainer.train(train, val)
+    finally:
+        trainer.cleanup()
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Execute a job in THIS process (importing unsloth first when it is the backend). Returns result JSON."""
     from pumpl_assets.core.schemas import TrainingConfig
@@ -88,7 +196,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     train = _examples(job, "train")
     val = _examples(job, "val")
     out_dir = Path(job["out_dir"])
-    backend = base.select_backend(
+    trainer = select_backend(
         backend_name,
         device,
         cfg=cfg,
@@ -96,13 +204,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         system_prompt=job.get("system_prompt"),
     )
     try:
-        backend.setup(job["base_model"], cfg, out_dir)
-        result = backend.train(train, val)
+        trainer.setup(job["base_model"], cfg, out_dir)
+        result = trainer.train(train, val)
     finally:
-        backend.cleanup()
+        trainer.cleanup()
     from pumpl_assets.core.io import write_json_atomic
 
-    payload = result.to_json()
+    payload: dict[str, Any] = result.to_json()
     write_json_atomic(out_dir / RESULT_FILE, payload)
     return payload
 

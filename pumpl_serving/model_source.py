@@ -3,7 +3,11 @@
 * :class:`PathSource` — an explicit folder (``--model-path``); never changes.
 * :class:`RegistrySource` — the version behind ``models:/pumpl-<partition>@<alias>`` in the
   MLflow registry (``pumpl_assets.core.registry``). The AWQ engine serves the version's AWQ
-  folder, every other engine its merged folder.
+  model, every other engine its merged model — the version's OWN copies, downloaded from its
+  MLflow run (``Registry.download_model``: a local cache keyed by version + sha256, checked
+  before serving), so the server needs only the tracking URI, never the Dagster data root, and
+  a re-run of the pipeline cannot change what a version serves. A hash mismatch, a missing
+  alias or an unreachable tracking server is a :class:`ModelSourceError` naming the version.
 * :class:`EngineSlot` — the engine that currently answers. Requests take a *lease* on it;
   :meth:`EngineSlot.swap` installs a fully loaded new engine atomically and the old one is
   closed when its last lease ends, so requests in flight finish on the engine they started on.
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pumpl_assets.core import artifacts
+
 log = logging.getLogger("pumpl_serving")
 
 
@@ -42,6 +48,8 @@ class ModelRef:
     version: str | None = None
     alias: str | None = None
     source: str = "path"  # "path" | "registry"
+    sha256: str | None = None  # the served folder's sha256 (registry versions)
+    catalogue: Path | None = None  # the version's exercise catalogue (exercises.parquet), if registered
 
     @property
     def key(self) -> tuple[str, str | None, str]:
@@ -74,7 +82,7 @@ class PathSource:
 
     def resolve(self) -> ModelRef:
         p = Path(self.path).expanduser().resolve()
-        if not (p / "config.json").is_file():
+        if not (p / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(
                 f"--model-path {p} is not a Hugging Face model folder (no config.json); "
                 "point it at a merged or AWQ model folder"
@@ -85,38 +93,35 @@ class PathSource:
         return f"path {self.path}"
 
 
-def _attr(obj: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(obj, dict) and obj.get(n) is not None:
-            return obj[n]
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v
-    return None
-
-
 @dataclass(frozen=True)
 class RegistrySource:
-    """The version behind ``models:/pumpl-<partition>@<alias>``.
+    """The version behind ``models:/pumpl-<partition>@<alias>``, served from its own files.
 
-    ``engine == "awq"`` serves the version's AWQ folder; every other engine its merged
-    folder. Raises :class:`ModelSourceError` (naming the fix) when the alias points nowhere
-    or the folder it names is missing.
+    ``engine == "awq"`` serves the version's AWQ model; every other engine its merged model.
+    Files are downloaded into ``cache_dir`` (default ``PUMPL_MODEL_CACHE`` or
+    ``<data root>/cache/models``) under ``<name>/v<version>-<sha256[:16]>/<kind>``. Raises
+    :class:`ModelSourceError` (naming the fix) when the server is unreachable, the alias points
+    nowhere, the version lacks that model, or its files do not hash to the registered sha256.
     """
 
     partition: str
     alias: str = "champion"
     engine: str = "transformers"
     tracking_uri: str | None = None
+    cache_dir: str | None = None
 
     @property
     def uri(self) -> str:
         return f"models:/{registered_model_name(self.partition)}@{self.alias}"
 
+    @property
+    def kind(self) -> str:
+        return "awq" if self.engine == "awq" else "merged"
+
     def describe(self) -> str:
         return self.uri
 
-    def _lookup(self) -> Any:
+    def _registry(self) -> Any:
         from pumpl_assets.core import registry as reg_mod
         from pumpl_assets.core import settings
 
@@ -124,48 +129,54 @@ class RegistrySource:
         reg = _REGISTRIES.get(uri)
         if reg is None:  # one client per store and process (creating one checks the DB schema)
             reg = _REGISTRIES[uri] = reg_mod.Registry(uri)
-        if self.alias == "champion" and hasattr(reg, "get_champion"):
-            return reg.get_champion(self.partition)
-        return reg.resolve(self.uri)
+        return reg
 
     def resolve(self) -> ModelRef:
+        from pumpl_assets.core.registry import RegistryError
+
         try:
-            info = self._lookup()
-        except ModelSourceError:
-            raise
-        except Exception as exc:  # registry missing, alias missing, store unreachable
+            reg = self._registry()
+            reg.check_reachable()  # fail fast and clearly (MLflow's own HTTP retries take minutes)
+            info = reg.get_champion(self.partition) if self.alias == "champion" else reg.resolve(self.uri)
+        except RegistryError as exc:
+            raise ModelSourceError(f"no model answers to {self.uri}: {exc}") from None
+        except Exception as exc:  # registry missing, store unreadable
             raise ModelSourceError(
-                f"no model answers to {self.uri} ({type(exc).__name__}: {exc}); register and promote a model "
+                f"no model answers to {self.uri} ({type(exc).__name__}); register and promote a model "
                 f"(materialize the pipeline for partition {self.partition!r}) or pass --model-path"
-            ) from exc
+            ) from None
         if info is None:
             raise ModelSourceError(
                 f"no model answers to {self.uri}: the registry has no {self.alias!r} alias for "
                 f"{registered_model_name(self.partition)}; materialize the pipeline for partition "
                 f"{self.partition!r} (it registers and promotes a champion) or pass --model-path"
             )
-        version = _attr(info, "version")
-        if self.engine == "awq":
-            folder = _attr(info, "awq_path")
-            which = "AWQ"
-        else:
-            folder = _attr(info, "merged_path")
-            which = "merged"
-        if not folder:
-            hint = "use --engine transformers (merged folder)" if self.engine == "awq" else "re-register it"
-            raise ModelSourceError(f"{self.uri} (version {version}) has no {which} model folder; {hint}")
-        path = Path(str(folder)).expanduser()
-        if not (path / "config.json").is_file():
+        try:
+            path = reg.download_model(info, self.kind, self.cache_dir)
+            catalogue = None
+            if artifacts.RUN_CATALOGUE in info.sha256:
+                cat_dir = reg.download_model(info, artifacts.RUN_CATALOGUE, self.cache_dir)
+                catalogue = (
+                    cat_dir / artifacts.FILE_EXERCISES
+                    if (cat_dir / artifacts.FILE_EXERCISES).is_file()
+                    else None
+                )
+        except RegistryError as exc:
+            hint = " (use --engine transformers: the merged model)" if self.kind == "awq" else ""
+            raise ModelSourceError(f"{self.uri} → {exc}{hint}") from None
+        if not (path / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(
-                f"{self.uri} (version {version}) names the {which} folder {path}, which is not a model folder "
-                "on this machine; re-materialize the model assets or pass --model-path"
+                f"{self.uri} (version {info.version}): its {self.kind} files hold no config.json; "
+                "it is not a model folder"
             )
         return ModelRef(
             name=registered_model_name(self.partition),
             path=path.resolve(),
-            version=None if version is None else str(version),
+            version=str(info.version),
             alias=self.alias,
             source="registry",
+            sha256=info.sha256.get(self.kind),
+            catalogue=catalogue,
         )
 
 

@@ -53,3 +53,12 @@ def shared_exercises_path() -> Path:
     if not SHARED_EXERCISES.is_file():
         pytest.skip(f"shared data not present at {SHARED_EXERCISES}")
     return SHARED_EXERCISES
+
+
+# Real loopback services (moto S3, PostgreSQL, MLflow server) for the scale-out tests.
+from tests.services import (  # noqa: E402, F401
+    mlflow_server_session,
+    moto_s3_session,
+    postgres_session,
+    s3_env,
+)

@@ -80,14 +80,17 @@ def test_registry_champion_points_at_the_awq_model(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from pumpl_assets.core.registry import Registry
 
-    champ = Registry().get_champion(PARTITION)
+    registry = Registry()
+    champ = registry.get_champion(PARTITION)
     assert champ is not None
-    assert champ.awq_path and (Path(champ.awq_path) / "config.json").is_file()
+    assert set(champ.sha256) >= {"merged", "awq", "catalogue"} and "merged_path" not in champ.tags
+    awq = registry.download_model(champ, "awq")  # the version's own hash-checked copy
+    assert (awq / "config.json").is_file()
     assert champ.tags.get("gates_passed") == "true"
     assert champ.tags.get("dagster.run_id")
     assert float(champ.metrics["adapter.unconstrained.schema_valid"]) >= 0.95
     assert float(champ.metrics["adapter.constrained.adherence"]) >= 0.90
-    cfg = json.loads((Path(champ.awq_path) / "config.json").read_text())
+    cfg = json.loads((awq / "config.json").read_text())
     assert "quantization_config" in cfg  # compressed-tensors AWQ
 
 

@@ -1,4 +1,7 @@
-"""Real MLflow (sqlite tracking + registry, local artifacts) under a temp data root."""
+"""Real MLflow (sqlite tracking + registry, local artifacts) under a temp data root.
+
+The same contract against a tracking server on PostgreSQL + S3 is in test_registry_server.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from pumpl_assets.core.io import sha256_tree
 from pumpl_assets.core.registry import (
-    MODEL_ARTIFACT_PATH,
+    IntegrityError,
     Registry,
     RegistryError,
+    is_remote_store,
     metric_tags,
     registered_model_name,
 )
@@ -23,20 +28,40 @@ def registry(pumpl_env: Path) -> Registry:
     return Registry()  # MLFLOW_TRACKING_URI + PUMPL_DATA_ROOT come from pumpl_env
 
 
-def _version_tags(run: str, merged: Path, schema_valid: float) -> dict[str, str]:
+def _version_tags(run: str, schema_valid: float) -> dict[str, str]:
     return {
         "dagster_run_id": run,
         "data.train_hash": "abc123",
         "data.test_hash": "def456",
-        "merged_path": str(merged),
         **metric_tags({"schema_valid": schema_valid, "adherence_constrained": 0.95}),
     }
+
+
+def _copy_model(src: Path, dest: Path, marker: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    (dest / "marker.txt").write_text(marker)  # distinct content → distinct hash
+    return dest
 
 
 @pytest.mark.unit
 def test_names_and_metric_tags() -> None:
     assert registered_model_name("qwen3-4b") == "pumpl-qwen3-4b"
     assert metric_tags({"a": 1, "b": 0.25}) == {"metric.a": "1.0", "metric.b": "0.25"}
+
+
+@pytest.mark.unit
+def test_remote_store_never_gets_a_file_artifact_location() -> None:
+    assert not is_remote_store("sqlite:////tmp/x.db") and not is_remote_store("/tmp/mlruns")
+    assert not is_remote_store("file:///tmp/mlruns") and not is_remote_store("postgresql+psycopg2://u@h/db")
+    assert is_remote_store("http://127.0.0.1:5000") and is_remote_store("https://mlflow.example")
+    reg = Registry("http://user:s3cret@127.0.0.1:9")  # nothing listens on port 9
+    assert reg.remote and reg.artifact_root is None
+    assert reg.display_uri == "http://127.0.0.1:9"
+    with pytest.raises(RegistryError, match=r"tracking server http://127\.0\.0\.1:9 is unreachable") as err:
+        reg.check_reachable(timeout=2)
+    assert "s3cret" not in str(err.value)
 
 
 @pytest.mark.integration
@@ -66,7 +91,8 @@ def test_runs_log_metrics_params_artifacts(registry: Registry, tmp_path: Path) -
     assert run.data.params == {"rank": "16", "lr": "0.002"}
     assert run.data.tags["dagster_run_id"] == "d-1"
     assert [a.path for a in registry.client.list_artifacts(run_id)] == ["report.json"]
-    assert Path(registry.artifact_root) in Path(run.info.artifact_uri.removeprefix("file://")).parents
+    assert registry.artifact_root is not None
+    assert registry.artifact_root in Path(run.info.artifact_uri.removeprefix("file://")).parents
 
     with (
         pytest.raises(RuntimeError, match="boom"),
@@ -80,10 +106,17 @@ def test_runs_log_metrics_params_artifacts(registry: Registry, tmp_path: Path) -
 
 @pytest.mark.integration
 def test_register_and_move_champion(registry: Registry, tiny_model_dir: Path, tmp_path: Path) -> None:
-    merged = tmp_path / "merged"
+    merged = _copy_model(tiny_model_dir, tmp_path / "merged_model" / "model", "merged-a")
+    awq = _copy_model(tiny_model_dir, tmp_path / "awq_model" / "model", "awq-a")
+    merged_sha, awq_sha = sha256_tree(merged), sha256_tree(awq)
     with registry.start_run("pumpl-smollm2-135m", "run-a", {}) as run_a:
-        v1 = registry.register_version(
-            PART, tiny_model_dir, run_id=run_a, tags=_version_tags("dag-a", merged, 0.96), description="first"
+        v1 = registry.register_model(
+            PART,
+            run_id=run_a,
+            merged_dir=merged,
+            awq_dir=awq,
+            tags=_version_tags("dag-a", 0.96),
+            description="first",
         )
     assert v1 == "1"
     assert registry.get_champion(PART) is None  # registering never crowns
@@ -94,25 +127,37 @@ def test_register_and_move_champion(registry: Registry, tiny_model_dir: Path, tm
     assert champ.name == NAME and champ.run_id == run_a and champ.description == "first"
     assert champ.metrics == {"schema_valid": 0.96, "adherence_constrained": 0.95}
     assert champ.tags["dagster_run_id"] == "dag-a" and champ.tags["data.train_hash"] == "abc123"
-    assert champ.merged_path == merged
-    assert champ.source == f"runs:/{run_a}/{MODEL_ARTIFACT_PATH}"
-    # The version serves an immutable copy inside the run's artifacts, not the mutable asset folder.
-    assert champ.awq_path is not None and champ.awq_path != tiny_model_dir
-    assert (champ.awq_path / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
-    assert champ.tags["awq_source_path"] == str(tiny_model_dir.resolve())
+    assert champ.source == f"runs:/{run_a}/awq"
+    assert champ.sha256 == {"merged": merged_sha, "awq": awq_sha}
+    assert champ.artifacts == {"merged": "merged", "awq": "awq"} and champ.paths == {}
+    assert "merged_path" not in champ.tags and "awq_path" not in champ.tags
+    assert sorted(a.path for a in registry.client.list_artifacts(run_a)) == ["awq", "merged"]
 
-    # A second version (registered by path) does not take the alias by itself ...
-    v2 = registry.register_version(
-        PART, tiny_model_dir, run_id=None, tags=_version_tags("dag-b", merged, 0.98), copy=False
-    )
+    # The version serves its own copies: re-running the pipeline (overwriting the folders) changes nothing.
+    (merged / "marker.txt").write_text("merged-b")
+    (awq / "marker.txt").write_text("awq-b")
+    cache = tmp_path / "cache"
+    for kind, digest in (("merged", merged_sha), ("awq", awq_sha)):
+        got = registry.download_model(champ, kind, cache)
+        assert got == cache / NAME / f"v1-{digest[:16]}" / kind
+        assert sha256_tree(got) == digest
+    assert (cache / NAME / f"v1-{merged_sha[:16]}" / "merged" / "marker.txt").read_text() == "merged-a"
+    with pytest.raises(RegistryError, match=rf"{NAME} version 1 carries no catalogue"):
+        registry.download_model(champ, "catalogue", cache)
+
+    # A second version registered by path (development) does not take the alias by itself ...
+    v2 = registry.register_version(PART, awq, run_id=None, tags=_version_tags("dag-b", 0.98), copy=False)
     assert v2 == "2"
     assert registry.get_champion(PART).version == "1"  # type: ignore[union-attr]
     by_version = registry.resolve(f"models:/{NAME}/2")
-    assert by_version.awq_path == tiny_model_dir.resolve() and by_version.source == str(
-        tiny_model_dir.resolve()
-    )
+    assert by_version.paths == {"awq": awq.resolve()} and by_version.source == str(awq.resolve())
     assert not by_version.is_champion
     assert registry.resolve(f"models:/{NAME}/latest").version == "2"
+    # ... its folder is copied (hash-checked) into the cache, and refused once it changed.
+    assert sha256_tree(registry.download_model(by_version, "awq", cache)) == by_version.sha256["awq"]
+    (awq / "marker.txt").write_text("awq-c")
+    with pytest.raises(IntegrityError, match=rf"{NAME} version 2: downloaded awq files hash to"):
+        registry.download_model(by_version, "awq", tmp_path / "fresh-cache")
 
     # ... only set_champion moves it.
     registry.set_champion(PART, v2)
@@ -131,7 +176,44 @@ def test_register_and_move_champion(registry: Registry, tiny_model_dir: Path, tm
 
 
 @pytest.mark.integration
+def test_tampered_cache_is_refused(registry: Registry, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import pumpl_assets.core.registry as reg_mod
+
+    merged = _copy_model(tiny_model_dir, tmp_path / "m", "m")
+    with registry.start_run("pumpl-smollm2-135m", "run", {}) as run_id:
+        v = registry.register_model(PART, run_id=run_id, merged_dir=merged, awq_dir=None, tags={})
+    info = registry.get_version(PART, v)
+    got = registry.download_model(info, "merged", tmp_path / "cache")
+    (got / "marker.txt").write_text("tampered")
+    reg_mod._VERIFIED.clear()  # a new process: the cache is checked again before it is served
+    with pytest.raises(IntegrityError, match=rf"{NAME} version {v}: cached merged files"):
+        registry.download_model(info, "merged", tmp_path / "cache")
+    with pytest.raises(RegistryError, match="carries no awq model"):
+        registry.download_model(info, "awq", tmp_path / "cache")
+
+
+@pytest.mark.integration
 def test_register_refuses_non_model_folder(registry: Registry, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         registry.register_version(PART, tmp_path, run_id=None, tags={})
+    with pytest.raises(ValueError, match="needs merged_dir"):
+        registry.register_model(PART, run_id="r", merged_dir=None, awq_dir=None, tags={})
     assert registry.list_versions(PART) == []
+
+
+@pytest.mark.unit
+def test_prune_model_cache_keeps_current_and_newest(tmp_path: Path) -> None:
+    import os
+
+    from pumpl_assets.core.registry import prune_model_cache
+
+    cache = tmp_path / NAME
+    dirs = []
+    for i in range(1, 5):
+        d = cache / f"v{i}-abc" / "merged"
+        d.mkdir(parents=True)
+        os.utime(d.parent, (1000 + i, 1000 + i))
+        dirs.append(d.parent)
+    removed = prune_model_cache(cache, keep=dirs[3], keep_latest=2)
+    assert sorted(removed) == dirs[:2]
+    assert sorted(p for p in cache.iterdir()) == dirs[2:]

@@ -21,6 +21,7 @@ import pytest
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.grammar import allowed_exercise_names
+from pumpl_assets.core.io import sha256_tree
 from pumpl_assets.core.prompts import request_to_prompt
 from pumpl_assets.core.schemas import RequestSpec, parse_plan
 from pumpl_serving.testing import REPO_ROOT, ServerProcess, start_server
@@ -393,11 +394,9 @@ def test_alias_move_hot_swaps_without_failing_requests(
     reg = Registry(uri, artifact_root=str(tmp_path / "artifacts"))
     second = build_tiny_model(tmp_path / "tiny-seed1", smollm2_dir, seed=1)
     v1 = reg.register_version(
-        "smollm2-135m", tiny_model_dir, run_id=None, copy=False, tags={"merged_path": str(tiny_model_dir)}
+        "smollm2-135m", tiny_model_dir, run_id=None, copy=False, tags={}, merged_dir=tiny_model_dir
     )
-    v2 = reg.register_version(
-        "smollm2-135m", second, run_id=None, copy=False, tags={"merged_path": str(second)}
-    )
+    v2 = reg.register_version("smollm2-135m", second, run_id=None, copy=False, tags={}, merged_dir=second)
     reg.set_champion("smollm2-135m", v1)
 
     srv = start_server(
@@ -424,7 +423,12 @@ def test_alias_move_hot_swaps_without_failing_requests(
             "alias": "champion",
             "source": "registry",
         }
-        assert Path(info["model_path"]) == tiny_model_dir.resolve()
+        # Served from the version's hash-checked copy in the local model cache, not the registered folder.
+        assert Path(info["model_path"]).parts[-3:] == (
+            "pumpl-smollm2-135m",
+            f"v{v1}-{sha256_tree(tiny_model_dir)[:16]}",
+            "merged",
+        )
         # Sampled with a fixed seed (greedy random tiny models all just repeat the last token).
         probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 1.0, "seed": 5}
         text_v1 = c.post("/generate", json=probe).json()["text"]
@@ -464,7 +468,7 @@ def test_alias_move_hot_swaps_without_failing_requests(
 
         info2 = c.get("/info").json()
         assert info2["model"]["version"] == v2, info2
-        assert Path(info2["model_path"]) == second.resolve()
+        assert Path(info2["model_path"]).parts[-2] == f"v{v2}-{sha256_tree(second)[:16]}"
         assert all(s == 200 for s, *_ in results), [r for r in results if r[0] != 200]
         versions = [v for _, v, *_ in results]
         assert v1 in versions and v2 in versions

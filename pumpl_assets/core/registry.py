@@ -1,24 +1,40 @@
-"""MLflow tracking + model registry (sqlite-backed, local artifacts, no network).
+"""MLflow tracking + model registry: a local sqlite store, or a tracking server.
 
 One registered model per partition (``pumpl-<partition>``). Each fine-tune that reaches the
 registry becomes a version; the serving model is the version holding the ``champion`` alias,
 which moves only through :meth:`Registry.set_champion` (the Dagster asset calls it once every
 gate has passed).
 
-Model source: when ``register_version`` gets a ``run_id`` and ``copy=True`` (default), the
-quantized folder is copied into that run's artifact store (``<artifact root>/<experiment
-id>/<run id>/artifacts/awq_model``) and the version's source is that ``runs:/`` URI; the
-``awq_path`` tag points at the *copy*, so a later re-materialisation of the partition's
-artifact folder can never change what an existing version (or the champion) serves. Without a
-run (or with ``copy=False``) the version is registered by the folder's absolute path.
+Stores. ``MLFLOW_TRACKING_URI`` (or the ``tracking_uri`` argument) picks the store:
 
-Version tags: whatever the caller passes (dagster run id, data hashes, ``merged_path``...)
-plus ``awq_path`` and ``awq_source_path``. Metrics are stored as tags prefixed ``metric.``
-(see :func:`metric_tags`) and parsed back into :attr:`ChampionInfo.metrics`.
+* local (``sqlite:///…``, a folder, ``file:``, or a database URI used directly): experiments get
+  a ``file://`` artifact location under ``<data root>/mlflow/artifacts`` (no server, no network);
+* remote (``http(s)://`` — ``mlflow server --serve-artifacts``, e.g. on PostgreSQL with an S3
+  artifact store): no artifact location is ever set by the client, so artifacts go where the
+  *server* puts them (``mlflow-artifacts:/`` → its ``--artifacts-destination``) and never land
+  on the client's disk.
 
-MLflow's telemetry is disabled (``MLFLOW_DISABLE_TELEMETRY``) before mlflow is imported;
-sqlite + file artifact stores need no network. The first use of a fresh sqlite file runs
-MLflow's alembic migrations (a few seconds).
+An immutable version. :meth:`Registry.register_model` copies every servable format into the
+version's own run — ``runs:/<run>/merged`` (full precision) and ``runs:/<run>/awq`` (AWQ W4A16),
+plus the exercise catalogue under ``catalogue/`` (names: ``core/artifacts.py`` ``RUN_*``) — and
+tags the version with each copy's ``sha256.<kind>`` (a :func:`~pumpl_assets.core.io.sha256_tree`
+of the folder) and ``artifact.<kind>`` (its path in the run). Serving materialises a version with
+:meth:`Registry.download_model` — a local cache keyed by version + hash, hash-checked, atomic —
+so a later re-run of the pipeline (which rewrites the Dagster data root) can never change what
+an existing version, or the champion, serves, and a server needs nothing but the tracking URI.
+``register_version(partition, model_dir, run_id=None, copy=False)`` registers a folder by path
+(development only; its hash is still recorded, so a changed folder is refused at serve time).
+
+Version tags: whatever the caller passes (dagster run id, data hashes, gates…) plus
+``partition``, ``sha256.<kind>``, ``artifact.<kind>``, ``source_path.<kind>`` (where the copy
+came from — provenance only, never read to serve). Metrics are stored as tags prefixed
+``metric.`` (see :func:`metric_tags`) and parsed back into :attr:`ChampionInfo.metrics`.
+
+Secrets: a ``user:password@`` in the tracking URI is removed from every message
+(:func:`~pumpl_assets.core.artifacts.redact`); MLflow reads tokens from its own env variables.
+
+MLflow's telemetry is disabled (``MLFLOW_DISABLE_TELEMETRY``) before mlflow is imported. The
+first use of a fresh sqlite file runs MLflow's alembic migrations (a few seconds).
 """
 
 from __future__ import annotations
@@ -27,16 +43,21 @@ import contextlib
 import math
 import os
 import re
+import shutil
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-from pumpl_assets.core import settings
+from pumpl_assets.core import artifacts, settings
+from pumpl_assets.core.io import atomic_path, sha256_tree
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in server logs
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -44,12 +65,21 @@ if TYPE_CHECKING:
 
 CHAMPION_ALIAS = "champion"
 METRIC_PREFIX = "metric."
-MODEL_ARTIFACT_PATH = "awq_model"
+MODEL_KINDS = ("merged", "awq")  # servable formats: full-precision merged model, AWQ W4A16
+MODEL_ARTIFACT_PATH = artifacts.RUN_AWQ  # the version's ``source`` (``runs:/<run>/awq``)
+SHA_TAG = "sha256.{kind}"
+ARTIFACT_TAG = "artifact.{kind}"
+SOURCE_PATH_TAG = "source_path.{kind}"
+PATH_TAG = "path.{kind}"  # only on versions registered by folder path (copy=False, development)
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+|latest))$")
 
 
 class RegistryError(LookupError):
-    """A registered model, version or alias does not exist (the message names it)."""
+    """A registered model, version, alias or its files cannot be found or trusted (the message names it)."""
+
+
+class IntegrityError(RegistryError):
+    """A version's downloaded files do not hash to the sha256 recorded at registration."""
 
 
 def registered_model_name(partition: str) -> str:
@@ -61,9 +91,29 @@ def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     return {f"{METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}
 
 
+def is_remote_store(tracking_uri: str) -> bool:
+    """True for a tracking server (``http(s)://``, ``databricks``): the client never sets an artifact location.
+
+    Database URIs used directly (``sqlite:``, ``postgresql+psycopg2:``…) and folders are local
+    stores: their experiments get a ``file://`` location under ``<data root>/mlflow/artifacts``.
+    """
+    scheme = urlparse(tracking_uri).scheme
+    return scheme in ("http", "https") or scheme.startswith("databricks")
+
+
+def model_cache_dir() -> Path:
+    """Where served versions are downloaded: ``PUMPL_MODEL_CACHE`` or ``<data root>/cache/models``."""
+    value = os.environ.get("PUMPL_MODEL_CACHE")
+    return Path(value).expanduser().resolve() if value else settings.cache_dir() / "models"
+
+
 @dataclass
 class ChampionInfo:
-    """A registered version as serving/evaluation need it."""
+    """A registered version as serving/evaluation need it.
+
+    ``sha256``/``artifacts`` map each servable kind (``merged``, ``awq``) to its folder hash and its
+    path inside the version's run; a folder registered by path (development) is in ``paths``.
+    """
 
     name: str
     version: str
@@ -71,8 +121,9 @@ class ChampionInfo:
     run_id: str | None
     tags: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
-    awq_path: Path | None = None
-    merged_path: Path | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     description: str = ""
 
@@ -80,14 +131,10 @@ class ChampionInfo:
     def is_champion(self) -> bool:
         return CHAMPION_ALIAS in self.aliases
 
-
-def _file_uri_to_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" and uri:
-        return Path(uri)
-    return None
+    @property
+    def kinds(self) -> list[str]:
+        """The model formats this version can serve."""
+        return [k for k in (*MODEL_KINDS, artifacts.RUN_CATALOGUE) if k in self.sha256]
 
 
 def _parse_metrics(tags: dict[str, str]) -> dict[str, float]:
@@ -101,6 +148,10 @@ def _parse_metrics(tags: dict[str, str]) -> dict[str, float]:
     return out
 
 
+_VERIFIED: set[tuple[str, str]] = set()  # (cache folder, sha256) checked by this process
+_VERIFY_LOCK = threading.Lock()
+
+
 class Registry:
     """Thin, explicit wrapper over ``MlflowClient`` (no fluent/global run state)."""
 
@@ -108,18 +159,48 @@ class Registry:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or settings.mlflow_tracking_uri()
-        self.artifact_root = Path(artifact_root or settings.mlflow_artifact_root()).expanduser().resolve()
+        self.remote = is_remote_store(self.tracking_uri)
+        # Local stores only: a remote server decides where artifacts live (never the client's disk).
+        self.artifact_root: Path | None = (
+            None
+            if self.remote
+            else Path(artifact_root or settings.mlflow_artifact_root()).expanduser().resolve()
+        )
         self.client: MlflowClient = MlflowClient(
             tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
         )
         self._active_run: str | None = None
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without credentials (safe for logs, metadata and errors)."""
+        return artifacts.redact(self.tracking_uri)
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Raise :class:`RegistryError` naming the server when a remote tracking server does not answer."""
+        if not self.remote or not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        import urllib.request
+
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                if r.status == 200:
+                    return
+                problem = f"HTTP {r.status}"
+        except Exception as exc:
+            problem = type(exc).__name__ + (f": {exc.reason}" if hasattr(exc, "reason") else "")
+        raise RegistryError(
+            f"MLflow tracking server {self.display_uri} is unreachable ({problem}); "
+            "start it or fix MLFLOW_TRACKING_URI"
+        )
 
     # ---- tracking ---------------------------------------------------------------------------
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
-        location = (self.artifact_root / name).as_uri()
+        location = None if self.artifact_root is None else (self.artifact_root / name).as_uri()
         try:
             return str(self.client.create_experiment(name, artifact_location=location))
         except Exception:  # created concurrently by another process
@@ -192,6 +273,49 @@ class Registry:
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently; re-raise if truly absent
 
+    def register_model(
+        self,
+        partition: str,
+        *,
+        run_id: str,
+        merged_dir: Path | str | None,
+        awq_dir: Path | str | None,
+        tags: dict[str, str],
+        catalogue: Path | str | None = None,
+        description: str = "",
+    ) -> str:
+        """Copy each model folder (and the catalogue file) into run ``run_id``; register a version.
+
+        The version's files are its own: ``runs:/<run>/merged`` and ``runs:/<run>/awq`` with their
+        ``sha256.<kind>`` tags (see the module docstring). At least one model folder is needed.
+        Returns the new version number (the alias is not moved).
+        """
+        folders = {"merged": merged_dir, "awq": awq_dir}
+        if not any(folders.values()):
+            raise ValueError("register_model needs merged_dir and/or awq_dir")
+        all_tags = {k: str(v) for k, v in tags.items()}
+        for kind, folder in folders.items():
+            if folder is None:
+                continue
+            folder = _model_folder(folder)
+            all_tags[SHA_TAG.format(kind=kind)] = sha256_tree(folder)
+            all_tags[ARTIFACT_TAG.format(kind=kind)] = artifacts.RUN_MODEL_DIRS[kind]
+            all_tags[SOURCE_PATH_TAG.format(kind=kind)] = str(folder)
+            self.client.log_artifacts(run_id, str(folder), artifact_path=artifacts.RUN_MODEL_DIRS[kind])
+        if catalogue is not None:
+            cat = Path(catalogue)
+            if not cat.is_file():
+                raise FileNotFoundError(f"catalogue {cat} does not exist")
+            self.client.log_artifact(run_id, str(cat), artifact_path=artifacts.RUN_CATALOGUE)
+            all_tags[SHA_TAG.format(kind=artifacts.RUN_CATALOGUE)] = _file_as_tree_hash(cat)
+            all_tags[ARTIFACT_TAG.format(kind=artifacts.RUN_CATALOGUE)] = (
+                f"{artifacts.RUN_CATALOGUE}/{cat.name}"
+            )
+        kind = "awq" if awq_dir is not None else "merged"
+        return self._create_version(
+            partition, f"runs:/{run_id}/{artifacts.RUN_MODEL_DIRS[kind]}", run_id, all_tags, description
+        )
+
     def register_version(
         self,
         partition: str,
@@ -201,33 +325,118 @@ class Registry:
         tags: dict[str, str],
         description: str = "",
         copy: bool = True,
+        merged_dir: Path | None = None,
     ) -> str:
-        """Register ``model_dir`` (the AWQ folder) as a new version of ``pumpl-<partition>``; return it.
+        """Register ``model_dir`` (the AWQ folder; ``merged_dir`` optional) as a new version.
 
-        See the module docstring for where the source points. Tag ``merged_path`` is expected
-        from the caller (the fp32 merged folder); ``awq_path`` is set here.
+        With a run and ``copy=True`` this is :meth:`register_model` (the version gets its own
+        copies). Otherwise (development) the folders are registered by path with their hashes:
+        serving copies them into its cache and refuses them once they no longer hash the same.
         """
-        model_dir = Path(model_dir).resolve()
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
+        if run_id and copy:
+            return self.register_model(
+                partition,
+                run_id=run_id,
+                merged_dir=merged_dir,
+                awq_dir=model_dir,
+                tags=tags,
+                description=description,
+            )
+        all_tags = {k: str(v) for k, v in tags.items()}
+        for kind, folder in {"awq": model_dir, "merged": merged_dir}.items():
+            if folder is None:
+                continue
+            folder = _model_folder(folder)
+            all_tags[SHA_TAG.format(kind=kind)] = sha256_tree(folder)
+            all_tags[PATH_TAG.format(kind=kind)] = str(folder)
+            all_tags[SOURCE_PATH_TAG.format(kind=kind)] = str(folder)
+        return self._create_version(partition, str(_model_folder(model_dir)), run_id, all_tags, description)
+
+    def _create_version(
+        self, partition: str, source: str, run_id: str | None, tags: dict[str, str], description: str
+    ) -> str:
         name = registered_model_name(partition)
         self._ensure_registered_model(name)
-        all_tags = {k: str(v) for k, v in tags.items()}
-        all_tags["awq_source_path"] = str(model_dir)
-        all_tags["partition"] = partition
-        if run_id and copy:
-            self.client.log_artifacts(run_id, str(model_dir), artifact_path=MODEL_ARTIFACT_PATH)
-            artifact_uri = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-            local = _file_uri_to_path(artifact_uri)
-            all_tags["awq_path"] = str(local) if local else artifact_uri
-            source = f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"
-        else:
-            all_tags["awq_path"] = str(model_dir)
-            source = str(model_dir)
+        tags = {**tags, "partition": partition}
         mv = self.client.create_model_version(
-            name, source=source, run_id=run_id, tags=all_tags, description=description, await_creation_for=0
+            name, source=source, run_id=run_id, tags=tags, description=description, await_creation_for=0
         )
         return str(mv.version)
+
+    def download_model(self, info: ChampionInfo, kind: str, cache_dir: Path | str | None = None) -> Path:
+        """A local folder holding exactly the files of ``info``'s ``kind`` (``merged``/``awq``/``catalogue``).
+
+        Downloaded once into ``<cache>/<name>/v<version>-<sha256[:16]>/<kind>`` (atomically: a
+        temp folder renamed into place) and checked against the version's ``sha256.<kind>`` tag
+        — once per process and cache folder. Raises :class:`RegistryError` (no such copy) or
+        :class:`IntegrityError` (hash mismatch: refuse to serve), both naming the version.
+        """
+        label = f"{info.name} version {info.version}"
+        digest = info.sha256.get(kind)
+        if not digest:
+            raise RegistryError(
+                f"{label} carries no {kind} model (no {SHA_TAG.format(kind=kind)} tag; it has "
+                f"{info.kinds or 'none'}); register it again with the current pipeline"
+            )
+        root = Path(cache_dir) if cache_dir else model_cache_dir()
+        dest = root / info.name / f"v{info.version}-{digest[:16]}" / kind
+        if not dest.exists():
+            with atomic_path(dest) as tmp:
+                self._fetch(info, kind, tmp, label)
+                got = sha256_tree(tmp)
+                if got != digest:
+                    raise IntegrityError(
+                        f"{label}: downloaded {kind} files hash to {got[:16]}…, the registry recorded "
+                        f"{digest[:16]}…; refusing to serve it"
+                    )
+            with _VERIFY_LOCK:
+                _VERIFIED.add((str(dest), digest))
+            prune_model_cache(root / info.name, keep=dest.parent)
+            return dest
+        with _VERIFY_LOCK:
+            known = (str(dest), digest) in _VERIFIED
+        if not known:
+            got = sha256_tree(dest)
+            if got != digest:
+                raise IntegrityError(
+                    f"{label}: cached {kind} files at {dest} hash to {got[:16]}…, the registry recorded "
+                    f"{digest[:16]}…; refusing to serve it (delete that folder to download it again)"
+                )
+            with _VERIFY_LOCK:
+                _VERIFIED.add((str(dest), digest))
+        return dest
+
+    def _fetch(self, info: ChampionInfo, kind: str, tmp: Path, label: str) -> None:
+        art = info.artifacts.get(kind)
+        if info.run_id and art:
+            import mlflow.artifacts
+
+            with tempfile.TemporaryDirectory(dir=tmp.parent) as staging:
+                try:
+                    got = mlflow.artifacts.download_artifacts(
+                        run_id=info.run_id,
+                        artifact_path=art,
+                        dst_path=staging,
+                        tracking_uri=self.tracking_uri,
+                    )
+                except Exception as exc:
+                    raise RegistryError(
+                        f"{label}: cannot download its {kind} files (runs:/{info.run_id}/{art}) from "
+                        f"{self.display_uri}: {type(exc).__name__}"
+                    ) from None
+                src = Path(got)
+                if src.is_file():  # a single file (the catalogue): keep it in a folder of its own
+                    tmp.mkdir()
+                    shutil.move(str(src), tmp / src.name)
+                else:
+                    shutil.move(str(src), tmp)
+            return
+        path = info.paths.get(kind)
+        if path is None:
+            raise RegistryError(f"{label} names no run artifact or folder for its {kind} model")
+        if not path.is_dir():
+            raise RegistryError(f"{label} was registered from the folder {path}, which does not exist here")
+        shutil.copytree(path, tmp)
 
     def set_champion(self, partition: str, version: str) -> None:
         """Point the ``champion`` alias at ``version`` (must exist)."""
@@ -241,8 +450,13 @@ class Registry:
 
         try:
             mv = self.client.get_model_version_by_alias(registered_model_name(partition), CHAMPION_ALIAS)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if _is_not_found(exc):
+                return None
+            raise RegistryError(
+                f"cannot read the champion of {registered_model_name(partition)} from {self.display_uri}: "
+                f"{exc.error_code}"
+            ) from None
         return self._info(mv)
 
     def get_version(self, partition: str, version: str) -> ChampionInfo:
@@ -286,8 +500,11 @@ class Registry:
 
     def _info(self, mv: ModelVersion) -> ChampionInfo:
         tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
-        awq = tags.get("awq_path")
-        merged = tags.get("merged_path")
+
+        def by_kind(fmt: str) -> dict[str, str]:
+            prefix = fmt.format(kind="")
+            return {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix) and v}
+
         return ChampionInfo(
             name=str(mv.name),
             version=str(mv.version),
@@ -295,8 +512,120 @@ class Registry:
             run_id=mv.run_id or None,
             tags=tags,
             metrics=_parse_metrics(tags),
-            awq_path=Path(awq) if awq else None,
-            merged_path=Path(merged) if merged else None,
+            sha256=by_kind(SHA_TAG),
+            artifacts=by_kind(ARTIFACT_TAG),
+            paths={k: Path(v) for k, v in by_kind(PATH_TAG).items()},
             aliases=list(mv.aliases or []),
             description=mv.description or "",
         )
+
+
+def _file_as_tree_hash(path: Path) -> str:
+    """:func:`sha256_tree` of a folder holding only ``path`` (how a single-file artifact is downloaded)."""
+    import hashlib
+
+    from pumpl_assets.core.io import sha256_file
+
+    h = hashlib.sha256()
+    h.update(path.name.encode())
+    h.update(sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") in (
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_PARAMETER_VALUE",
+        "NOT_FOUND",
+    )
+
+
+def _model_folder(folder: Path | str) -> Path:
+    path = Path(folder).resolve()
+    if not (path / artifacts.FILE_MODEL_CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
+    return path
+
+
+def prune_model_cache(model_cache: Path, keep: Path, keep_latest: int | None = None) -> list[Path]:
+    """Delete a registered model's cached versions but ``keep`` and the newest others.
+
+    At most ``keep_latest`` (default ``PUMPL_MODEL_CACHE_KEEP`` or 2) version folders stay, ``keep``
+    included — so the version a server swaps away from stays on disk while its requests finish.
+    Returns what was removed. (On Linux a loaded engine's memory-mapped files stay readable anyway.)
+    """
+    n = keep_latest if keep_latest is not None else int(os.environ.get("PUMPL_MODEL_CACHE_KEEP", "2"))
+    if not model_cache.is_dir():
+        return []
+    others = sorted(
+        (d for d in model_cache.iterdir() if d.is_dir() and d.name.startswith("v") and d != keep),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    removed = others[max(n - 1, 0) :]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+    return removed
+
+
+@dataclass
+class Registration:
+    """What :func:`register_candidate` did."""
+
+    version: str
+    run_id: str
+    promoted: bool
+    champion_version: str | None
+    sha256: dict[str, str]
+
+
+def register_candidate(
+    registry: Registry,
+    partition: str,
+    *,
+    merged_dir: Path,
+    awq_dir: Path,
+    gates: dict[str, bool],
+    tags: dict[str, str],
+    run_tags: dict[str, str] | None = None,
+    catalogue: Path | None = None,
+    promote: bool = True,
+    description: str = "",
+) -> Registration:
+    """Register one pipeline result (both model folders + catalogue) and crown it only if every gate passed.
+
+    Opens an MLflow run ``registry_entry`` in experiment ``pumpl-<partition>`` (tagged with
+    ``run_tags``, e.g. the Dagster run id), copies the folders into it (:meth:`Registry.register_model`),
+    tags the version with ``gates_passed`` and ``gate.<name>``, and moves ``champion`` only when
+    ``promote`` and ``gates`` is non-empty and all true. A failing gate still registers a version
+    (for comparison), which never serves unless promoted by hand.
+    """
+    all_passed = bool(gates) and all(gates.values())
+    version_tags = {
+        **tags,
+        "gates_passed": str(all_passed).lower(),
+        **{f"gate.{k}": str(bool(v)).lower() for k, v in gates.items()},
+    }
+    cat = catalogue if catalogue is not None and Path(catalogue).is_file() else None
+    with registry.start_run(registered_model_name(partition), "registry_entry", run_tags) as run_id:
+        version = registry.register_model(
+            partition,
+            run_id=run_id,
+            merged_dir=merged_dir,
+            awq_dir=awq_dir,
+            tags=version_tags,
+            catalogue=cat,
+            description=description,
+        )
+    promoted = bool(promote and all_passed)
+    if promoted:
+        registry.set_champion(partition, version)
+    champion = registry.get_champion(partition)
+    info = registry.get_version(partition, version)
+    return Registration(
+        version=version,
+        run_id=run_id,
+        promoted=promoted,
+        champion_version=champion.version if champion else None,
+        sha256=dict(info.sha256),
+    )

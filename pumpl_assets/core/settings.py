@@ -10,7 +10,10 @@
 | PUMPL_TEACHER         | auto                   | auto (claude if a key is set, else offline)         |
 | ANTHROPIC_API_KEY     | —                      | Claude teacher key (never logged)                   |
 | ANTHROPIC_BASE_URL    | —                      | Messages-API endpoint override (tests)              |
-| MLFLOW_TRACKING_URI   | sqlite:///<data root>/mlflow/mlflow.db | tracking + registry store           |
+| MLFLOW_TRACKING_URI   | sqlite:///<data root>/mlflow/mlflow.db | tracking + registry store (or http) |
+| PUMPL_MODEL_CACHE     | <data root>/cache/models | served versions (core/registry.model_cache_dir)   |
+| PUMPL_ARTIFACT_ROOT   | <data root>/artifacts  | artifact contract root, folder or s3:// (core/artifacts) |
+| PUMPL_S3_ENDPOINT_URL | MLFLOW_S3_ENDPOINT_URL | S3-compatible endpoint for s3:// roots              |
 """
 
 from __future__ import annotations

@@ -480,63 +480,68 @@ _GATED_ASSETS = ("split", "lora_adapter", "eval_report", "merged_model", "awq_mo
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=MODEL,
-    deps=["awq_model", "merged_model", "eval_report", "split"],
-    code_version=code_version("registry-1"),
+    deps=["awq_model", "merged_model", "eval_report", "split", "raw"],
+    code_version=code_version("registry-2"),
     kinds={"mlflow"},
-    description="A version of the partition's registered model in MLflow; `champion` moves when every gate passed.",
+    description=(
+        "A version of the partition's registered model in MLflow holding its own copies of the merged and "
+        "AWQ models (sha256-tagged); `champion` moves when every gate passed."
+    ),
 )
 def registry_entry(
     context: dg.AssetExecutionContext, config: RegistryConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
+    from pumpl_assets.core import artifacts as A
+    from pumpl_assets.core.registry import register_candidate
+
     p = context.partition_key
-    awq_dir = upstream_dir(p, "awq_model") / "model"
-    merged_dir = upstream_dir(p, "merged_model") / "model"
-    summary = json.loads((upstream_dir(p, "eval_report") / "summary.json").read_text())
+    summary = json.loads((upstream_dir(p, A.ASSET_EVAL_REPORT) / A.FILE_SUMMARY).read_text())
     gates = {f"{a}.{k}": v for a in _GATED_ASSETS for k, v in read_gates(p, a).items()}
-    all_passed = bool(gates) and all(gates.values())
     registry = mlflow.registry()
-    tags = {
-        **_mlflow_tags(context),
-        "awq_path": str(awq_dir),
-        "merged_path": str(merged_dir),
-        "awq_sha256": sha256_tree(awq_dir)[:16],
-        "split_data_version": _latest_data_version(context, "split"),
-        "adapter_data_version": _latest_data_version(context, "lora_adapter"),
-        "gates_passed": str(all_passed).lower(),
-        **{f"metric.{k}": f"{v:.6g}" for k, v in summary.items() if isinstance(v, int | float)},
-    }
-    with registry.start_run(f"pumpl-{p}", "registry_entry", _mlflow_tags(context)) as run_id:
-        version = registry.register_version(
-            p, awq_dir, run_id=run_id, tags=tags, description=f"Dagster run {context.run_id}"
-        )
-    promoted = False
-    if config.promote and all_passed:
-        registry.set_champion(p, version)
-        promoted = True
-    champion = registry.get_champion(p)
+    reg = register_candidate(
+        registry,
+        p,
+        merged_dir=upstream_dir(p, A.ASSET_MERGED_MODEL) / A.DIR_MODEL,
+        awq_dir=upstream_dir(p, A.ASSET_AWQ_MODEL) / A.DIR_MODEL,
+        catalogue=settings.artifacts_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES,
+        gates=gates,
+        promote=config.promote,
+        tags={
+            **_mlflow_tags(context),
+            "split_data_version": _latest_data_version(context, A.ASSET_SPLIT),
+            "adapter_data_version": _latest_data_version(context, A.ASSET_LORA_ADAPTER),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in summary.items() if isinstance(v, int | float)},
+        },
+        run_tags=_mlflow_tags(context),
+        description=f"Dagster run {context.run_id}",
+    )
     write_json_atomic(
-        out_dir(context) / "entry.json",
+        out_dir(context) / A.FILE_ENTRY,
         {
             "registered_model": f"pumpl-{p}",
-            "version": version,
-            "promoted": promoted,
+            "version": reg.version,
+            "promoted": reg.promoted,
             "gates": gates,
             "dagster_run_id": context.run_id,
+            "mlflow_run_id": reg.run_id,
+            "sha256": reg.sha256,
         },
     )
     return dg.MaterializeResult(
         metadata=metadata(
             {
                 "registered_model": f"pumpl-{p}",
-                "version": version,
-                "promoted_to_champion": promoted,
-                "champion_version": champion.version if champion else "none",
+                "version": reg.version,
+                "promoted_to_champion": reg.promoted,
+                "champion_version": reg.champion_version or "none",
                 "gates": gates,
-                "tracking_uri": settings.mlflow_tracking_uri(),
-                "model_uri": f"models:/pumpl-{p}/{version}",
+                "tracking_uri": registry.display_uri,
+                "model_uri": f"models:/pumpl-{p}/{reg.version}",
+                "mlflow_run_id": reg.run_id,
+                **{f"sha256.{k}": v[:16] for k, v in reg.sha256.items()},
             }
         ),
-        data_version=dg.DataVersion(f"{p}-v{version}"),
+        data_version=dg.DataVersion(f"{p}-v{reg.version}"),
     )
 
 

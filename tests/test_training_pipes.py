@@ -51,32 +51,32 @@ def test_gate_arithmetic(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_build_job_references_the_split_and_names_a_missing_file(tmp_path: Path) -> None:
-    split = tmp_path / "split"
-    split.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"train\.parquet"):
-        build_job(
-            base_model="m",
-            cfg={},
-            split_dir=split,
-            out_dir=tmp_path,
-            style="s",
-            system_prompt=None,
-            device="cpu",
-        )
+def test_build_job_references_the_split_through_the_artifact_contract(tmp_path: Path) -> None:
+    from pumpl_assets.core import artifacts as A
+    from pumpl_assets.core.training.job import local_out_dir, publish_outputs
+
+    store = A.ArtifactStore(str(tmp_path / "art"))
+    kwargs = {"base_model": "m", "cfg": {}, "out_dir": tmp_path, "style": "s", "system_prompt": None}
+    with pytest.raises(FileNotFoundError, match=r"split/train\.parquet is missing"):
+        build_job(partition="p1", device="cpu", store=store, **kwargs)  # type: ignore[arg-type]
     for name in ("train", "val"):
-        (split / f"{name}.parquet").write_bytes(b"")
+        store.write_bytes("p1", A.ASSET_SPLIT, A.split_file(name), data=b"x")
     job = build_job(
         base_model=tmp_path / "m",
         cfg={"max_steps": 2},
-        split_dir=split,
+        partition="p1",
         out_dir=tmp_path / "o",
         style="chat_template",
         system_prompt="S",
         device="cpu",
+        store=store,
     )
-    assert job["split_dir"] == str(split) and "train" not in job  # data by reference, never inline
+    assert job["artifact_root"] == store.root and job["partition"] == "p1"
+    assert "train" not in job and "split_dir" not in job  # data by reference, never inline
     assert json.loads(json.dumps(job)) == job
+    # On a local root the trainer works in the artifact folder itself; publishing is a no-op.
+    assert local_out_dir("p1", store) == store.local_path("p1", A.ASSET_LORA_ADAPTER)
+    assert publish_outputs(job, tmp_path / "o" / "adapter") == str(tmp_path / "o" / "adapter")
     assert apply_overrides({"a": 1, "b": 2}, {"a": None, "b": 3}) == {"a": 1, "b": 3}
 
 
@@ -151,6 +151,7 @@ def test_lora_adapter_trains_through_pipes_subprocess(
     assert md["final_train_loss"] == losses[-1][1]
     adapter = Path(md["adapter_dir"])
     assert (adapter / "adapter_model.safetensors").is_file()
+    assert md["adapter_uri"] == str(adapter)  # written through the artifact contract (local root)
     checks = check_outcomes(result)  # reported by the training process through Pipes
     assert checks["trained"] is True and checks["adapter_integrity"] is True
     head, tail = head_tail_loss([v for _, v in losses])

@@ -93,7 +93,7 @@ def lora_adapter(
     context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     from pumpl_assets.core.prompts import resolve_style
-    from pumpl_assets.core.training.job import apply_overrides, build_job
+    from pumpl_assets.core.training.job import apply_overrides, build_job, local_out_dir
     from pumpl_assets.training_launch import launch
 
     spec = spec_for(context)
@@ -102,20 +102,26 @@ def lora_adapter(
     cfg = type(spec.recipe).model_validate(
         apply_overrides(spec.recipe.model_dump(), config.recipe_overrides())
     )
-    d = out_dir(context)
+    # The trainer's working folder: the artifact folder itself on a local artifact root (checkpoints,
+    # log, adapter); on an s3:// root the process uploads the adapter through the artifact contract.
+    d = local_out_dir(context.partition_key).resolve()
+    d.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         import shutil
 
         shutil.rmtree(d / "checkpoints", ignore_errors=True)
-    job = build_job(
-        base_model=Path(base).resolve(),
-        cfg=cfg.model_dump(),
-        split_dir=upstream_dir(context.partition_key, "split").resolve(),
-        out_dir=d.resolve(),
-        style=resolve_style(spec.prompt_style),
-        system_prompt=settings.system_prompt(),
-        device=spec.device,
-    )
+    try:
+        job = build_job(
+            base_model=Path(base).resolve(),
+            cfg=cfg.model_dump(),
+            partition=context.partition_key,
+            out_dir=d,
+            style=resolve_style(spec.prompt_style),
+            system_prompt=settings.system_prompt(),
+            device=spec.device,
+        )
+    except FileNotFoundError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     with timed() as t:
         invocation = launch(
             context,

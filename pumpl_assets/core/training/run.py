@@ -65,12 +65,12 @@ def _examples(job: dict[str, Any], key: str) -> list[Any]:
 
     if key in job and job[key] is not None:
         return [TrainingExample.model_validate(r) for r in job[key]]
-    if job.get("split_dir"):
-        import polars as pl
-
+    if job.get("artifact_root") and job.get("partition"):
+        from pumpl_assets.core import artifacts as A
         from pumpl_assets.core.dataset import to_training_examples
 
-        df = pl.read_parquet(Path(job["split_dir"]) / f"{key}.parquet")
+        store = A.ArtifactStore(job["artifact_root"])
+        df = store.read_parquet(job["partition"], A.ASSET_SPLIT, A.split_file(key))
         return list(to_training_examples(df, job.get("system_prompt")))
     path = job.get(f"{key}_path")
     return load_examples(path) if path else []
@@ -323,9 +323,14 @@ def pipes_main() -> int:
         payload = run_job(job)
         result = TrainResult.from_json(payload)
         gates = training_gates(result, adapter_integrity(result.adapter_dir))
+        metadata = materialization_metadata(result, job.get("cfg", {}))
+        if job.get("artifact_root") and job.get("partition"):
+            from pumpl_assets.core.artifacts import redact
+            from pumpl_assets.core.training.job import publish_outputs
+
+            metadata["adapter_uri"] = redact(publish_outputs(job, result.adapter_dir))
         pipes.report_asset_materialization(
-            metadata=materialization_metadata(result, job.get("cfg", {})),
-            data_version=sha256_tree(result.adapter_dir)[:16],
+            metadata=metadata, data_version=sha256_tree(result.adapter_dir)[:16]
         )
         for gate in gates:
             pipes.report_asset_check(

@@ -121,6 +121,22 @@ def test_launcher_settings_never_forward_secrets_and_fail_clearly() -> None:
 
 
 @pytest.mark.unit
+def test_ray_launcher_without_ray_installed_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import dagster as dg
+
+    from pumpl_assets.training_launch import require_ray
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "dagster_ray" else real(n, *a)
+    )
+    with pytest.raises(dg.Failure, match=r"launcher 'ray' needs dagster_ray installed.*dagster-ray==0\.4\.8"):
+        require_ray()
+
+
+@pytest.mark.unit
 def test_ray_launcher_names_an_unreachable_dashboard() -> None:
     pytest.importorskip("ray")
     import dagster as dg

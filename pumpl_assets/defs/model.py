@@ -77,7 +77,7 @@ def _mlflow_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     group_name=MODEL,
     deps=["split"],
     pool=GPU_POOL,
-    code_version=code_version("lora-2", _RECIPES),
+    code_version=code_version("lora-1", _RECIPES),
     kinds={"pytorch", "peft"},
     check_specs=[
         gate_spec("trained", "lora_adapter", "The adapter was trained for at least one step"),

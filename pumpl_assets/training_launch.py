@@ -166,10 +166,13 @@ def launch(
         raise dg.Failure(description=f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
     log_path = Path(job["out_dir"]) / "train.log"
     if launcher == "subprocess":
+        # Not re-exported at the top level of dagster 1.13 (PipesSubprocessClient raises it on a non-zero exit).
+        from dagster._core.errors import DagsterPipesExecutionError
+
         client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
         try:
             return client.run(context=context, command=training_command(), extras={"job": job})
-        except dg.DagsterPipesExecutionError as exc:
+        except DagsterPipesExecutionError as exc:
             raise dg.Failure(
                 description=f"training failed: {exc}; log {log_path}:\n{_tail(log_path)}"
             ) from None

@@ -179,3 +179,26 @@ def test_lora_adapter_trains_through_pipes_subprocess(
     assert any("step 4/4 loss" in m for m in messages), messages[-20:]
     ev = result.get_asset_materialization_events()[-1]
     assert ev.materialization.tags and "dagster/data_version" in ev.materialization.tags
+
+
+@pytest.mark.integration
+def test_a_failing_training_process_fails_the_asset_with_its_reason(
+    pumpl_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+
+    from pumpl_assets.common import TrainConfig
+    from tests.training_helpers import materialize_lora, write_tiny_split
+
+    monkeypatch.setenv("PUMPL_MODEL_PATH_SMOLLM2_135M", str(tiny_model_dir))
+    monkeypatch.setenv("PUMPL_TORCH_THREADS", "1")
+    split = write_tiny_split()
+    train = pl.read_parquet(split / "train.parquet")
+    # Every answer far longer than the recipe's seq_len: the child refuses to train.
+    train.with_columns(pl.col("plan_json") + " x" * 3000).write_parquet(split / "train.parquet")
+    result, _ = materialize_lora(TrainConfig(max_steps=2))
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None and "training failed" in error.message
+    assert "no usable training examples" in error.message, error.message[-2000:]
+    assert not result.get_asset_materialization_events()

@@ -320,7 +320,11 @@ def pipes_main() -> int:
         file_log.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(file_log)
         pipes.log.info(f"training {job['base_model']} on {job.get('device')} (pid {os.getpid()})")
-        payload = run_job(job)
+        try:
+            payload = run_job(job)
+        except Exception as exc:  # in train.log and the Dagster event log; Pipes reports it as well
+            logging.getLogger("pumpl_assets.core.training").exception("training failed: %s", exc)
+            raise
         result = TrainResult.from_json(payload)
         gates = training_gates(result, adapter_integrity(result.adapter_dir))
         metadata = materialization_metadata(result, job.get("cfg", {}))

@@ -61,6 +61,7 @@ def ray_head() -> Iterator[str]:
     fh = open(log, "wb")  # noqa: SIM115 (closed in teardown)
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
+    t_start = time.monotonic()
     try:
         from ray.job_submission import JobSubmissionClient
 
@@ -75,10 +76,11 @@ def ray_head() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"Ray dashboard {address} not up after 90 s:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
+        print(f"\nray head up in {time.monotonic() - t_start:.1f}s")
         yield address
     finally:
         # Stop exactly this head: its process group (ray start --block and everything it spawned).
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:

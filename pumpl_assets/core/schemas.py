@@ -147,9 +147,7 @@ def exercise_seconds(ex: RepsExercise | TimedExercise) -> int:
 class WorkoutDay(_Strict):
     """One session of the split: what it trains, then warm-up, main work, cool-down."""
 
-    day: Day = Field(
-        description="Which session of the split this is (full_body, upper, lower, push, pull, legs)"
-    )
+    day: Day = Field(description="Which session of the split this is (full_body, upper, lower, push, pull, legs)")
     warmup: list[Exercise] = Field(min_length=1, max_length=MAX_WARMUP)
     main: list[Exercise] = Field(min_length=1, max_length=MAX_MAIN)
     cooldown: list[Exercise] = Field(min_length=1, max_length=MAX_COOLDOWN)
@@ -172,9 +170,7 @@ class WorkoutPlanResponse(_Strict):
     """
 
     title: str = Field(min_length=3, max_length=60)
-    total_minutes: int = Field(
-        ge=5, le=180, description="Declared length of each session; validation recomputes it"
-    )
+    total_minutes: int = Field(ge=5, le=180, description="Declared length of each session; validation recomputes it")
     days_per_week: int = Field(ge=1, le=7)
     split: Split
     sessions: list[WorkoutDay] = Field(min_length=1, max_length=MAX_SESSIONS)

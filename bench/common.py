@@ -242,8 +242,10 @@ def cpu_peak_flops(threads: int, *, n: int = 2048, reps: int = 5, dtype: str = "
     """Matmul FLOP/s in ``dtype`` with ``threads`` torch threads: best and median of ``reps`` (warm-up excluded)."""
     import torch
 
+    from pumpl_assets.core.dtypes import torch_dtype
+
     torch.set_num_threads(threads)
-    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    dt = torch_dtype(dtype)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dt)
     b = torch.randn(n, n, generator=g).to(dt)

@@ -59,8 +59,7 @@ def greedy_valid(base: Path, adapter: Path, examples: list, *, batch: int, max_n
 
     from pumpl_assets.core.prompts import render_prompt
     from pumpl_assets.core.schemas import parse_plan
-    from pumpl_assets.core.training.base import patch_peft_torchao
-    from pumpl_assets.core.training.peft_backend import torch_threads
+    from pumpl_assets.core.training.base import patch_peft_torchao, torch_threads
 
     patch_peft_torchao()
     from peft import PeftModel

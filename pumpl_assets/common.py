@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import polars as pl
@@ -171,7 +171,7 @@ class SplitConfig(dg.Config):
 
 
 class TrainConfig(dg.Config):
-    """Overrides of the catalogue recipe (None keeps the catalogue's value)."""
+    """Overrides of the catalogue recipe (None keeps the catalogue's value) and where training runs."""
 
     backend: str = Field(default="auto", description="auto | unsloth | peft")
     loop: str | None = Field(
@@ -181,7 +181,27 @@ class TrainConfig(dg.Config):
     max_steps: int | None = Field(default=None, ge=0)
     learning_rate: float | None = Field(default=None, gt=0)
     seed: int | None = None
+    checkpoint_every: int | None = Field(default=None, ge=1, description="Optimizer steps per checkpoint")
     resume: bool = True
+    launcher: Literal["subprocess", "ray"] = Field(
+        default="subprocess",
+        description="subprocess: a Dagster Pipes subprocess here | ray: a Ray job (dagster-ray Pipes)",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray dashboard address for launcher 'ray' (default $PUMPL_RAY_ADDRESS), e.g. http://127.0.0.1:8265",
+    )
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The recipe fields this config overrides (None = keep the catalogue's value)."""
+        return {
+            "backend": self.backend,
+            "loop": self.loop,
+            "max_steps": self.max_steps,
+            "learning_rate": self.learning_rate,
+            "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+        }
 
 
 class EvalConfig(dg.Config):

@@ -27,7 +27,7 @@ from pumpl_assets.core.schemas import (
     WorkoutPlanResponse,
     dump_plan,
 )
-from pumpl_assets.core.training import base, data
+from pumpl_assets.core.training import base, data, run
 from pumpl_assets.core.training.base import BackendUnavailableError, TrainResult
 
 SYSTEM = "You are a coach. Answer with JSON."
@@ -38,11 +38,15 @@ def _plan(i: int) -> str:
         title=f"Plan number {i}",
         total_minutes=20 + i,
         days_per_week=3,
-        session=WorkoutDay(
-            warmup=[TimedExercise(name="Jumping Jacks", sets=1, work_s=60, rest_s=0)],
-            main=[RepsExercise(name="Push-Up", sets=3, reps=10 + i % 5, rest_s=60)],
-            cooldown=[TimedExercise(name="Child's Pose", sets=1, work_s=45, rest_s=0)],
-        ),
+        split="full_body",
+        sessions=[
+            WorkoutDay(
+                day="full_body",
+                warmup=[TimedExercise(name="Jumping Jacks", sets=1, work_s=60, rest_s=0)],
+                main=[RepsExercise(name="Push-Up", sets=3, reps=10 + i % 5, rest_s=60)],
+                cooldown=[TimedExercise(name="Child's Pose", sets=1, work_s=45, rest_s=0)],
+            )
+        ],
     )
     return dump_plan(plan)
 
@@ -173,16 +177,16 @@ def test_select_backend_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     if base.cuda_available():
         pytest.skip("CPU-only rules")
     assert base.resolve_backend_name("auto", "auto") == ("peft", "cpu")
-    assert base.select_backend("peft", "cpu").name == "peft"
+    assert run.select_backend("peft", "cpu").name == "peft"
     with pytest.raises(BackendUnavailableError, match="unknown trainer backend"):
-        base.select_backend("deepspeed", "cpu")
+        run.select_backend("deepspeed", "cpu")
     with pytest.raises(BackendUnavailableError, match="no CUDA device"):
-        base.select_backend("peft", "cuda")
+        run.select_backend("peft", "cuda")
     with pytest.raises(BackendUnavailableError, match="load_in_4bit"):
-        base.select_backend("peft", "cpu", cfg=TrainingConfig(load_in_4bit=True))
+        run.select_backend("peft", "cpu", cfg=TrainingConfig(load_in_4bit=True))
     monkeypatch.setenv("UNSLOTH_DISABLE_CPU_FALLBACK", "1")
     with pytest.raises(BackendUnavailableError, match="UNSLOTH_DISABLE_CPU_FALLBACK"):
-        base.select_backend("unsloth", "cpu")
+        run.select_backend("unsloth", "cpu")
 
 
 @pytest.mark.unit
@@ -191,10 +195,10 @@ def test_unsloth_backend_refuses_a_process_that_imported_transformers() -> None:
 
     if "unsloth" in sys.modules:
         pytest.skip("unsloth already imported in this process")
-    from pumpl_assets.core.training.unsloth_backend import UnslothBackend
+    from pumpl_assets.core.training.model_unsloth import UnslothLoader
 
     with pytest.raises(BackendUnavailableError, match="imported before transformers"):
-        UnslothBackend("cpu")
+        UnslothLoader("cpu")
 
 
 @pytest.mark.unit
@@ -235,7 +239,7 @@ def test_peft_loop_learns_and_writes_a_loadable_adapter(tiny_model_dir: Path, tm
         checkpoint_every=4,
     )
     ex = _example(2)
-    result = base.train_lora(
+    result = run.train_lora(
         tiny_model_dir,
         cfg,
         [ex] * 4,
@@ -269,7 +273,7 @@ def test_peft_loop_learns_and_writes_a_loadable_adapter(tiny_model_dir: Path, tm
     assert not torch.allclose(before, after)  # the trained adapter changes the model
 
     # Re-running a finished job resumes from its final checkpoint and trains nothing.
-    again = base.train_lora(tiny_model_dir, cfg, [ex] * 4, [ex], tmp_path / "run", device="cpu")
+    again = run.train_lora(tiny_model_dir, cfg, [ex] * 4, [ex], tmp_path / "run", device="cpu")
     assert again.resumed_from_step == 8 and again.steps == 0
 
 
@@ -391,8 +395,8 @@ def test_sft_trainer_loop_trains_checkpoints_and_resumes(
     tiny_model_dir: Path, tmp_path: Path, packing: bool
 ) -> None:
     """loop="sft_trainer": PEFT + TRL SFTTrainer behind the same backend interface and outputs."""
+    from pumpl_assets.core.training.recipe_sft import complete_checkpoints
     from pumpl_assets.core.training.run import run_training_subprocess
-    from pumpl_assets.core.training.sft_loop import complete_checkpoints
 
     out = tmp_path / "run"
     common = {"loop": "sft_trainer", "checkpoint_every": 2, "warmup_steps": 0, "packing": packing}

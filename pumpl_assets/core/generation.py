@@ -200,17 +200,11 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
         if device.startswith("cuda") or cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(table)}")
-    return table[dtype]
+    from pumpl_assets.core.dtypes import DTYPES, torch_dtype
+
+    if dtype.lower() not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return torch_dtype(dtype)
 
 
 def _read_quant_config(model_path: Path) -> dict | None:

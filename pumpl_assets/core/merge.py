@@ -30,15 +30,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_MARKER = "pumpl_merge.json"
 
-_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
-
 
 class AdapterError(ValueError):
     """The LoRA adapter folder is missing, unreadable, or holds non-finite weights."""
@@ -49,12 +40,9 @@ class QuantizedBaseError(ValueError):
 
 
 def _torch_dtype(name: str) -> torch.dtype:
-    import torch
+    from pumpl_assets.core.dtypes import torch_dtype
 
-    try:
-        return getattr(torch, _DTYPES[name.lower()])  # type: ignore[no-any-return]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(sorted(set(_DTYPES)))}") from None
+    return torch_dtype(name)  # type: ignore[no-any-return]
 
 
 def _base_config(base_model: Path | str) -> dict[str, Any]:

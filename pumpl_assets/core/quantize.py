@@ -195,10 +195,11 @@ class LLMCompressorQuantizer:
         if self.dtype == "auto":
             native = self.device.startswith("cuda") or cpu_has_native_bf16()
             return torch.bfloat16 if native else "auto"
-        table = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-        if self.dtype not in table:
-            raise ValueError(f"unknown dtype {self.dtype!r}; use auto, {', '.join(table)}")
-        return table[self.dtype]
+        from pumpl_assets.core.dtypes import DTYPES, torch_dtype
+
+        if self.dtype.lower() not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; use auto, {', '.join(DTYPES)}")
+        return torch_dtype(self.dtype)
 
     def quantize(
         self,

@@ -84,133 +84,94 @@ def _mlflow_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
         gate_spec("loss_improved", "lora_adapter", "Training loss is finite and fell"),
         gate_spec("adapter_integrity", "lora_adapter", "Adapter files exist, load and hold finite weights"),
     ],
-    description="LoRA adapter trained on the train split (unsloth or PEFT backend, per config/machine).",
+    description=(
+        "LoRA adapter trained on the train split (unsloth or PEFT backend, per config/machine), in a "
+        "Dagster Pipes process: a local subprocess or a Ray job (config `launcher`)."
+    ),
 )
 def lora_adapter(
     context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
-    from pumpl_assets.core.dataset import to_training_examples
-    from pumpl_assets.core.merge import AdapterError, verify_adapter
     from pumpl_assets.core.prompts import resolve_style
-    from pumpl_assets.core.training.run import run_training_subprocess
+    from pumpl_assets.core.training.job import apply_overrides, build_job, local_out_dir
+    from pumpl_assets.training_launch import launch
 
     spec = spec_for(context)
     base = _base(context)
-    split_dir = upstream_dir(context.partition_key, "split")
-    overrides = {
-        k: v
-        for k, v in {
-            "backend": config.backend,
-            "loop": config.loop,
-            "max_steps": config.max_steps,
-            "learning_rate": config.learning_rate,
-            "seed": config.seed,
-        }.items()
-        if v is not None
-    }
     # Validated (not model_copy): a bad override is a clear config error naming the field.
-    cfg = type(spec.recipe).model_validate({**spec.recipe.model_dump(), **overrides})
-    d = out_dir(context)
+    cfg = type(spec.recipe).model_validate(
+        apply_overrides(spec.recipe.model_dump(), config.recipe_overrides())
+    )
+    # The trainer's working folder: the artifact folder itself on a local artifact root (checkpoints,
+    # log, adapter); on an s3:// root the process uploads the adapter through the artifact contract.
+    d = local_out_dir(context.partition_key).resolve()
+    d.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         import shutil
 
         shutil.rmtree(d / "checkpoints", ignore_errors=True)
-    system = settings.system_prompt()
-    examples = {
-        name: [
-            ex.model_dump(mode="json")
-            for ex in to_training_examples(pl.read_parquet(split_dir / f"{name}.parquet"), system)
-        ]
-        for name in ("train", "val")
-    }
-    job = {
-        "base_model": str(base),
-        "cfg": cfg.model_dump(),
-        "train": examples["train"],
-        "val": examples["val"],
-        "out_dir": str(d),
-        "style": resolve_style(spec.prompt_style),
-        "system_prompt": system,
-        "device": spec.device,
-    }
-    with timed() as t:
-        result = run_training_subprocess(job, log_path=d / "train.log")
-    adapter_dir = Path(result.adapter_dir)
-    losses = [loss for _, loss in result.train_loss]
     try:
-        info = verify_adapter(adapter_dir)
-        integrity, integrity_msg = True, f"{len(info) if hasattr(info, '__len__') else 'ok'}"
-    except AdapterError as exc:
-        integrity, integrity_msg = False, str(exc)
-    head = (
-        sum(losses[: max(1, len(losses) // 5)]) / max(1, len(losses[: max(1, len(losses) // 5)]))
-        if losses
-        else float("nan")
-    )
-    tail = (
-        sum(losses[-max(1, len(losses) // 5) :]) / max(1, len(losses[-max(1, len(losses) // 5) :]))
-        if losses
-        else float("nan")
-    )
-    checks = [
-        # total_steps: the adapter's optimizer steps, counting those before a resume.
-        check(
-            "trained",
-            result.total_steps > 0,
-            f"{result.total_steps} optimizer steps ({result.steps} in this run)",
-            steps=result.total_steps,
-        ),
-        check(
-            "loss_improved",
-            bool(losses) and all(math.isfinite(x) for x in losses) and tail < head,
-            f"loss {head:.3f} → {tail:.3f}",
-            first_loss=head,
-            last_loss=tail,
-        ),
-        check("adapter_integrity", integrity, integrity_msg, adapter_dir=adapter_dir),
-    ]
+        job = build_job(
+            base_model=Path(base).resolve(),
+            cfg=cfg.model_dump(),
+            partition=context.partition_key,
+            out_dir=d,
+            style=resolve_style(spec.prompt_style),
+            system_prompt=settings.system_prompt(),
+            device=spec.device,
+        )
+    except FileNotFoundError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    with timed() as t:
+        invocation = launch(
+            context,
+            job,
+            launcher=config.launcher,
+            ray_address=config.ray_address,
+            num_gpus=1 if spec.device == "cuda" else 0,
+        )
+    reported = invocation.get_materialize_result()
+    md = reported.metadata or {}
+    checks = list(reported.check_results or [])
     write_gates(d, checks)
+    train_loss = [(int(s), float(v)) for s, v in _md_value(md.get("train_loss"), [])]
     registry = mlflow.registry()
     with registry.start_run(f"pumpl-{context.partition_key}", "lora_adapter", _mlflow_tags(context)):
         registry.log_params(
-            {**{f"recipe.{k}": v for k, v in cfg.model_dump().items()}, "backend": result.backend}
-        )
-        for step, loss in result.train_loss:
-            registry.log_metrics({"train_loss": loss}, step=step)
-        registry.log_metrics(
             {
-                "tokens_per_s": result.tokens_per_s,
-                "peak_rss_mb": result.peak_rss_mb,
-                "wall_s": result.wall_s,
-                **({"val_loss": result.val_loss} if result.val_loss is not None else {}),
+                **{f"recipe.{k}": v for k, v in cfg.model_dump().items()},
+                "backend": _md_value(md.get("backend")),
             }
         )
-        if (d / "loss.png").is_file():
-            registry.log_artifact(d / "loss.png")
+        for step, loss in train_loss:
+            registry.log_metrics({"train_loss": loss}, step=step)
+        val_loss = _md_value(md.get("val_loss"), math.nan)
+        registry.log_metrics(
+            {
+                "tokens_per_s": float(_md_value(md.get("tokens_per_s"), 0.0)),
+                "peak_rss_mb": float(_md_value(md.get("peak_rss_mb"), 0.0)),
+                "wall_s": t["wall_s"],
+                **({"val_loss": float(val_loss)} if math.isfinite(val_loss) else {}),
+            }
+        )
+        if (d / "loss_curve.png").is_file():
+            registry.log_artifact(d / "loss_curve.png")
     return dg.MaterializeResult(
         metadata={
-            **metadata(
-                {
-                    "backend": result.backend,
-                    "steps": result.total_steps,
-                    "steps_this_run": result.steps,
-                    "resumed_from_step": result.resumed_from_step
-                    if result.resumed_from_step is not None
-                    else -1,
-                    "tokens_per_s": result.tokens_per_s,
-                    "train_tokens": result.train_tokens,
-                    "peak_rss_mb": result.peak_rss_mb,
-                    "val_loss": result.val_loss if result.val_loss is not None else float("nan"),
-                    "wall_s": t["wall_s"],
-                    "recipe": cfg.model_dump(),
-                    "adapter_dir": adapter_dir,
-                }
-            ),
-            "loss_curve": _png_md(d / "loss.png"),
+            **md,
+            **metadata({"wall_s": t["wall_s"], "launcher": config.launcher}),
+            "loss_curve": _png_md(d / "loss_curve.png"),
         },
         check_results=checks,
-        data_version=dg.DataVersion(sha256_tree(adapter_dir)[:16]),
+        data_version=reported.data_version,
     )
+
+
+def _md_value(value: Any, default: Any = None) -> Any:
+    """The plain value of a metadata entry (``MetadataValue.value``), or ``default``."""
+    if value is None:
+        return default
+    return getattr(value, "value", value)
 
 
 # ---------------------------------------------------------------------------------------------- eval_report

@@ -1,4 +1,4 @@
-"""PEFT LoRA on Hugging Face transformers with a lean, plain PyTorch training loop.
+"""Recipe ``plain``: a lean PyTorch LoRA loop (``TrainingConfig.loop="plain"``, the default).
 
 Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP shows. The loop
 (measured faster than SFTTrainer with default settings, see bench/train_recipe.py):
@@ -9,30 +9,27 @@ Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP show
   the tokens and the 49k-vocab head is ~20% of the model's FLOPs) instead of full logits;
 * fp32 master weights, with bf16 autocast when the recipe asks for it (``autocast_bf16``: ~2x on
   CPUs with AVX512-BF16/AMX), ``torch.set_num_threads`` = idle cores (see
-  :func:`torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
+  :func:`~pumpl_assets.core.training.base.torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
 * AdamW over the LoRA parameters only, linear warm-up then cosine decay to 10%.
 
-The same loop serves the unsloth backend (which only swaps how the model is loaded).
-``TrainingConfig.loop="sft_trainer"`` runs PEFT + TRL SFTTrainer instead
-(:mod:`pumpl_assets.core.training.sft_loop`).
+It trains whatever a loader produced (:mod:`.model_peft`, :mod:`.model_unsloth`): a
+:class:`~pumpl_assets.core.training.base.TrainingSession`. Checkpoints: see :mod:`.base`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 import time
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from pumpl_assets.core.io import atomic_path, stable_hash
-from pumpl_assets.core.schemas import TrainingConfig, TrainingExample
+from pumpl_assets.core.io import stable_hash
+from pumpl_assets.core.schemas import TrainingExample
 from pumpl_assets.core.training import base, data
-from pumpl_assets.core.training.base import BackendUnavailableError, TrainResult
+from pumpl_assets.core.training.base import TrainingSession, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -40,135 +37,27 @@ TRAINER_STATE = "trainer_state.pt"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def torch_threads() -> int:
-    """Intra-op threads for CPU training: ``PUMPL_TORCH_THREADS`` if set, else the cores not already busy.
-
-    Measured on this shared 2-core box under load ~7: one LoRA step of SmolLM2 (512 tokens) took
-    8.4 s with 1 thread and 28-55 s with 2 (OpenMP threads spin at barriers while descheduled).
-    So the default is every core unless the box is oversubscribed (1-min load average above
-    cores + 0.5), then ``cores - round(load - cores)``, at least 1.
-    """
-    env = os.environ.get("PUMPL_TORCH_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        load = 0.0
-    if load < cores + 0.5:
-        return cores
-    return max(1, min(cores, cores - round(load - cores)))
+def train_plain(
+    session: TrainingSession, train: list[TrainingExample], val: list[TrainingExample]
+) -> TrainResult:
+    """Train ``session`` to its recipe's step count, resuming from a verified checkpoint of the same run."""
+    return PlainRecipe(session).train(train, val)
 
 
-def _dtype(name: str) -> Any:
-    import torch
+class PlainRecipe:
+    """The loop over one :class:`TrainingSession` (see the module docstring)."""
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-class PeftBackend:
-    """LoRA via ``peft.get_peft_model`` on an ``AutoModelForCausalLM``; see the module docstring."""
-
-    name = "peft"
-
-    def __init__(
-        self, device: str = "cpu", *, style: str = "chat_template", system_prompt: str | None = None
-    ):
-        self.device = device
-        self.style = style
-        self.system_prompt = system_prompt
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self.cfg: TrainingConfig | None = None
-        self.out_dir: Path | None = None
-        self.base_model: str = ""
-        self._setup_s = 0.0
-
-    # -- loading (the unsloth backend overrides these two) --------------------------------------
-
-    def _load(self, base_model: Path | str, cfg: TrainingConfig) -> tuple[Any, Any]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if cfg.load_in_4bit and self.device != "cuda":
-            raise BackendUnavailableError(
-                "load_in_4bit=True needs CUDA; the peft backend trains fp32/bf16 on CPU"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        kwargs: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
-        if cfg.load_in_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-            )
-            kwargs["device_map"] = {"": 0}
-        model: Any = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
-        if not cfg.load_in_4bit:
-            model.to(self.device)
-        return model, tokenizer
-
-    def _attach_lora(self, model: Any, cfg: TrainingConfig) -> Any:
-        base.patch_peft_torchao()
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        lora = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=list(cfg.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
-
-    def uses_packing(self, cfg: TrainingConfig) -> bool:
-        """Whether micro-batches are packed (the unsloth backend declines on CUDA)."""
-        return cfg.packing
-
-    # -- protocol ------------------------------------------------------------------------------
-
-    def setup(self, base_model: Path | str, cfg: TrainingConfig, out_dir: Path) -> None:
-        """Load tokenizer + model on ``self.device``, attach LoRA. Sets torch threads and the seed."""
-        import torch
-
-        t0 = time.perf_counter()
-        if self.device == "cpu":
-            torch.set_num_threads(torch_threads())
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        self.cfg, self.out_dir, self.base_model = cfg, Path(out_dir), str(base_model)
-        model, tokenizer = self._load(base_model, cfg)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
-        self.model = self._attach_lora(model, cfg)
-        self._setup_s = time.perf_counter() - t0
-        log.info("%s backend ready in %.1fs (%s)", self.name, self._setup_s, self.device)
-
-    def cleanup(self) -> None:
-        self.model = None
-        self.tokenizer = None
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
-
-    # -- the loop ------------------------------------------------------------------------------
+    def __init__(self, session: TrainingSession) -> None:
+        self.session = session
+        self.model: Any = session.model
+        self.tokenizer: Any = session.tokenizer
+        self.cfg = session.cfg
+        self.out_dir: Path = session.out_dir
+        self.device = session.device
+        self.style = session.style
+        self.system_prompt = session.system_prompt
+        self.base_model = session.base_model
+        self.name = session.backend
 
     def _fingerprint(self, train: list[data.TokenizedExample]) -> str:
         assert self.cfg is not None
@@ -275,12 +164,6 @@ class PeftBackend:
         """Train to the recipe's step count, resuming from a verified checkpoint of the same run."""
         import torch
 
-        if self.model is None or self.cfg is None or self.out_dir is None:
-            raise RuntimeError("call setup() before train()")
-        if self.cfg.loop == "sft_trainer":
-            from pumpl_assets.core.training.sft_loop import train_with_sft_trainer
-
-            return train_with_sft_trainer(self, train, val)
         cfg, out_dir = self.cfg, self.out_dir
         t_start = time.perf_counter()
         tok_train, skipped = data.tokenize_examples(
@@ -296,7 +179,7 @@ class PeftBackend:
                 f"no usable training examples: {len(train)} given, {len(skipped)} longer than seq_len"
             )
 
-        packing = self.uses_packing(cfg)
+        packing = self.session.packing
         per_epoch = data.batches_per_epoch(
             tok_train, packing=packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
         )
@@ -361,20 +244,7 @@ class PeftBackend:
         steps_run = total - start_step
 
         val_loss = self._evaluate(tok_val)
-        with atomic_path(out_dir / "adapter") as tmp:
-            self._save_adapter(tmp)
-            (tmp / "pumpl_training.json").write_text(
-                json.dumps(
-                    {
-                        "style": self.style,
-                        "system_prompt": self.system_prompt,
-                        "base_model": self.base_model,
-                        "recipe": cfg.model_dump(),
-                        "backend": self.name,
-                    },
-                    indent=2,
-                )
-            )
+        base.write_adapter(self.session)
         # The final state is a checkpoint too: re-running a finished job trains 0 steps.
         self._checkpoint(out_dir, total, fingerprint, optimizer, scheduler, losses)
 
@@ -393,7 +263,7 @@ class PeftBackend:
             n_train_examples=len(tok_train),
             skipped_too_long=len(skipped),
             extra={
-                "setup_s": round(self._setup_s, 2),
+                "setup_s": round(self.session.setup_s, 2),
                 "loop_s": round(loop_s, 2),
                 "device": self.device,
                 "threads": torch.get_num_threads(),

@@ -1,6 +1,6 @@
-"""The ``peft`` backend's second loop: PEFT + TRL ``SFTTrainer`` (``TrainingConfig.loop="sft_trainer"``).
+"""Recipe ``sft_trainer``: PEFT + TRL ``SFTTrainer`` (``TrainingConfig.loop="sft_trainer"``).
 
-The default loop is the plain one in :mod:`pumpl_assets.core.training.peft_backend` (measured
+The default recipe is the plain loop in :mod:`pumpl_assets.core.training.recipe_plain` (measured
 1.5x SFTTrainer's defaults on this CPU, bench ``train``); this loop exists for parity with the
 seed system's SFTTrainer recipes and for features Trainer brings (its callbacks, logging, GPU
 fused loss). Same recipe fields, same rendering, the same answer-only loss, the same outputs
@@ -27,15 +27,12 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pumpl_assets.core.io import atomic_path, stable_hash
+from pumpl_assets.core.io import stable_hash
 from pumpl_assets.core.schemas import TrainingExample
 from pumpl_assets.core.training import base, data
-from pumpl_assets.core.training.base import TrainResult
-
-if TYPE_CHECKING:
-    from pumpl_assets.core.training.peft_backend import PeftBackend
+from pumpl_assets.core.training.base import TrainingSession, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +47,19 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def train_with_sft_trainer(
-    backend: PeftBackend, train: list[TrainingExample], val: list[TrainingExample]
+def train_sft(
+    session: TrainingSession, train: list[TrainingExample], val: list[TrainingExample]
 ) -> TrainResult:
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    cfg, out_dir, tok = backend.cfg, backend.out_dir, backend.tokenizer
-    if cfg is None or out_dir is None or backend.model is None:
+    cfg, out_dir, tok = session.cfg, session.out_dir, session.tokenizer
+    if cfg is None or out_dir is None or session.model is None:
         raise RuntimeError("call setup() before train()")
     t_start = time.perf_counter()
     pairs = [
-        data.render_texts(tok, ex, style=backend.style, system_prompt=backend.system_prompt) for ex in train
+        data.render_texts(tok, ex, style=session.style, system_prompt=session.system_prompt) for ex in train
     ]
     lengths = [len(tok(p + c, add_special_tokens=False).input_ids) for p, c in pairs]
     keep = [i for i, n in enumerate(lengths) if n <= cfg.seq_len]
@@ -71,16 +68,16 @@ def train_with_sft_trainer(
         raise ValueError(f"no usable training examples: {len(train)} given, {skipped} longer than seq_len")
     pairs = [pairs[i] for i in keep]
     val_pairs = [
-        data.render_texts(tok, ex, style=backend.style, system_prompt=backend.system_prompt) for ex in val
+        data.render_texts(tok, ex, style=session.style, system_prompt=session.system_prompt) for ex in val
     ]
     fingerprint = stable_hash({"cfg": cfg.model_dump(), "loop": "sft_trainer", "data": pairs})[:16]
     run_dir = out_dir / f"sft-{fingerprint}"
-    on_cpu = not str(backend.device).startswith("cuda")
+    on_cpu = not str(session.device).startswith("cuda")
 
     if cfg.epochs is None and cfg.max_steps == 0:
         # As in the plain loop: an untrained adapter is written, and the Dagster gate rejects it.
         log.warning("the recipe trains 0 steps (max_steps=0 and no epochs): writing an untrained adapter")
-        return _finish(backend, run_dir, [], 0, None, 0, 0.0, None, t_start, len(pairs), skipped)
+        return _finish(session, run_dir, [], 0, None, 0, 0.0, None, t_start, len(pairs), skipped)
 
     args = SFTConfig(
         output_dir=str(run_dir),
@@ -139,7 +136,7 @@ def train_with_sft_trainer(
             )
 
     trainer = CountingSFTTrainer(
-        model=backend.model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()]
+        model=session.model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()]
     )
     done = complete_checkpoints(run_dir)
     resumed = done[-1][0] if done else None
@@ -150,7 +147,7 @@ def train_with_sft_trainer(
         losses = [(int(h["step"]), float(h["loss"])) for h in state.get("log_history", []) if "loss" in h]
         val_loss = _val_loss(trainer, val_pairs) if val_pairs else None
         del trainer
-        return _finish(backend, run_dir, losses, 0, resumed, 0, 0.0, val_loss, t_start, len(pairs), skipped)
+        return _finish(session, run_dir, losses, 0, resumed, 0, 0.0, val_loss, t_start, len(pairs), skipped)
     if resumed is not None:
         log.info("resuming SFTTrainer run from %s", done[-1][1])
     trainer.train(resume_from_checkpoint=str(done[-1][1]) if done else None)
@@ -162,7 +159,7 @@ def train_with_sft_trainer(
     tps = n_tokens / loop_s if loop_s > 0 and n_tokens else 0.0
     del trainer
     return _finish(
-        backend, run_dir, losses, steps_run, resumed, n_tokens, tps, val_loss, t_start, len(pairs), skipped
+        session, run_dir, losses, steps_run, resumed, n_tokens, tps, val_loss, t_start, len(pairs), skipped
     )
 
 
@@ -176,7 +173,7 @@ def _val_loss(trainer: Any, val_pairs: list[tuple[str, str]]) -> float | None:
 
 
 def _finish(
-    backend: PeftBackend,
+    session: TrainingSession,
     run_dir: Path,
     losses: list[tuple[int, float]],
     steps_run: int,
@@ -190,24 +187,10 @@ def _finish(
 ) -> TrainResult:
     import torch
 
-    cfg, out_dir = backend.cfg, backend.out_dir
+    cfg, out_dir = session.cfg, session.out_dir
     assert cfg is not None and out_dir is not None
     total = (losses[-1][0] if losses else 0) if cfg.epochs else cfg.max_steps
-    with atomic_path(out_dir / "adapter") as tmp:
-        backend._save_adapter(tmp)
-        (tmp / "pumpl_training.json").write_text(
-            json.dumps(
-                {
-                    "style": backend.style,
-                    "system_prompt": backend.system_prompt,
-                    "base_model": backend.base_model,
-                    "recipe": cfg.model_dump(),
-                    "backend": backend.name,
-                    "loop": "sft_trainer",
-                },
-                indent=2,
-            )
-        )
+    base.write_adapter(session, loop="sft_trainer")
     result = TrainResult(
         adapter_dir=out_dir / "adapter",
         steps=steps_run,
@@ -217,7 +200,7 @@ def _finish(
         tokens_per_s=tokens_per_s,
         peak_rss_mb=base.peak_rss_mb(),
         wall_s=time.perf_counter() - t_start,
-        backend=backend.name,
+        backend=session.backend,
         train_tokens=n_tokens,
         total_steps=total,
         n_train_examples=n_examples,
@@ -225,11 +208,11 @@ def _finish(
         extra={
             "loop": "sft_trainer",
             "checkpoints": str(run_dir),
-            "device": backend.device,
+            "device": session.device,
             "threads": torch.get_num_threads(),
             "packing": cfg.packing,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            if str(backend.device).startswith("cuda")
+            if str(session.device).startswith("cuda")
             else None,
         },
     )

@@ -16,6 +16,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import settings
 from pumpl_assets.core.catalogue import PARTITION_KEYS, BaseModelSpec, ModelNotAvailableError, get_spec
 from pumpl_assets.core.io import stable_hash
@@ -119,13 +120,13 @@ def write_gates(dest_dir: Path, results: list[dg.AssetCheckResult]) -> None:
     from pumpl_assets.core.io import write_json_atomic
 
     write_json_atomic(
-        dest_dir / "gates.json",
+        dest_dir / A.FILE_GATES,
         {r.check_name: bool(r.passed) for r in results if r.check_name},
     )
 
 
 def read_gates(partition: str, asset: str) -> dict[str, bool]:
-    path = settings.artifacts_dir(partition, asset) / "gates.json"
+    path = settings.artifacts_dir(partition, asset) / A.FILE_GATES
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -68,6 +68,7 @@ ASSET_RAW = "raw"
 ASSET_DISTILLED = "distilled"
 ASSET_VALIDATED = "validated"
 ASSET_MERGED = "merged"
+ASSET_DATA_PROFILE = "data_profile"
 ASSET_SPLIT = "split"
 ASSET_LORA_ADAPTER = "lora_adapter"
 ASSET_EVAL_REPORT = "eval_report"
@@ -79,6 +80,7 @@ ASSETS = (
     ASSET_DISTILLED,
     ASSET_VALIDATED,
     ASSET_MERGED,
+    ASSET_DATA_PROFILE,
     ASSET_SPLIT,
     ASSET_LORA_ADAPTER,
     ASSET_EVAL_REPORT,
@@ -99,6 +101,8 @@ FILE_DISTILLED = "distilled.parquet"
 FILE_QUARANTINE = "quarantine.parquet"
 FILE_VALIDATED = "validated.parquet"
 FILE_MERGED = "merged.parquet"
+FILE_PROFILE_SUMMARY = "profile.json"  # data_profile (plus its tables, core/profile.py)
+FILE_PROFILE_MD = "profile.md"
 # split (core/dataset.write_split_files): <split>.parquet and <split>.jsonl
 SPLITS = ("train", "val", "test")
 # lora_adapter (the asset folder is also the trainer's out_dir: core/training/base.py, run.py)
@@ -116,6 +120,7 @@ FILE_SUMMARY_FOR_REGISTRY = "summary_for_registry.json"
 FILE_PER_EXAMPLE = "per_example.parquet"
 FILE_RATES_PLOT = "rates.png"
 FILE_LATENCY_PLOT = "latency.png"
+FILE_FAILURE_CAUSES = "failure_causes.json"  # eval_report: top failure reasons per check
 # merged_model / awq_model: a Hugging Face folder
 DIR_MODEL = "model"
 FILE_AWQ_EVAL = "awq_eval.json"

@@ -28,6 +28,7 @@ from typing import Any
 
 import polars as pl
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import prompts, settings
 from pumpl_assets.core.exercises import normalize_name
 from pumpl_assets.core.io import sha256_text, write_jsonl_atomic, write_parquet_atomic
@@ -339,6 +340,6 @@ def write_split_files(df: pl.DataFrame, out_dir: Path | str) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for s in SPLITS:
         part = df.filter(pl.col("split") == s)
-        paths[s] = write_jsonl_atomic(out_dir / f"{s}.jsonl", part.to_dicts())
-        paths[f"{s}_parquet"] = write_parquet_atomic(out_dir / f"{s}.parquet", part)
+        paths[s] = write_jsonl_atomic(out_dir / A.split_file(s, "jsonl"), part.to_dicts())
+        paths[f"{s}_parquet"] = write_parquet_atomic(out_dir / A.split_file(s), part)
     return paths

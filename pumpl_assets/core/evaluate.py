@@ -36,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
 from pumpl_assets.core.grammar import GUARANTEED_CHECKS, NoSuitableExercisesError, request_plan_schema
@@ -438,22 +439,22 @@ def write_eval_outputs(report: EvalReport, out_dir: Path | str) -> dict[str, Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "per_example": write_parquet_atomic(out / "per_example.parquet", report.per_example),
+        "per_example": write_parquet_atomic(out / A.FILE_PER_EXAMPLE, report.per_example),
         "summary": write_json_atomic(
-            out / "summary.json",
+            out / A.FILE_SUMMARY,
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.summary.items()},
         ),
     }
-    _plot_rates(report.summary, out / "rates.png")
-    _plot_latency(report.per_example, out / "latency.png")
-    paths["rates_plot"] = out / "rates.png"
-    paths["latency_plot"] = out / "latency.png"
+    _plot_rates(report.summary, out / A.FILE_RATES_PLOT)
+    _plot_latency(report.per_example, out / A.FILE_LATENCY_PLOT)
+    paths["rates_plot"] = out / A.FILE_RATES_PLOT
+    paths["latency_plot"] = out / A.FILE_LATENCY_PLOT
     return paths
 
 
 def load_summary(out_dir: Path | str) -> dict[str, float]:
     """Read back summary.json (None → NaN)."""
-    raw = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
+    raw = json.loads((Path(out_dir) / A.FILE_SUMMARY).read_text(encoding="utf-8"))
     return {k: float("nan") if v is None else float(v) for k, v in raw.items()}
 
 

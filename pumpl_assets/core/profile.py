@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core.schemas import GOALS, LEVELS
 
 REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
@@ -400,6 +401,6 @@ def write_profile(profile: DataProfile, dest_dir: Path | str) -> dict[str, Path]
     }
     md = render_markdown(profile)
     text = "\n\n".join(f"## {k.replace('_', ' ')}\n\n{v}" for k, v in md.items())
-    paths["markdown"] = write_text_atomic(d / "profile.md", f"# Data profile\n\n{text}\n")
-    paths["summary"] = write_json_atomic(d / "profile.json", profile.summary())
+    paths["markdown"] = write_text_atomic(d / A.FILE_PROFILE_MD, f"# Data profile\n\n{text}\n")
+    paths["summary"] = write_json_atomic(d / A.FILE_PROFILE_SUMMARY, profile.summary())
     return paths

@@ -28,6 +28,7 @@ from pumpl_assets.common import (
     upstream_dir,
     write_gates,
 )
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import settings
 from pumpl_assets.core.catalogue import ModelNotAvailableError
 from pumpl_assets.core.exercises import ExerciseCatalogue
@@ -39,7 +40,7 @@ DATA = "data"
 
 
 def _catalogue(partition: str) -> ExerciseCatalogue:
-    return ExerciseCatalogue.from_parquet(upstream_dir(partition, "raw") / "exercises.parquet")
+    return ExerciseCatalogue.from_parquet(upstream_dir(partition, A.ASSET_RAW) / A.FILE_EXERCISES)
 
 
 # ---------------------------------------------------------------------------------------------- raw
@@ -172,8 +173,8 @@ def distilled(
         result = distill(requests, t_obj, cat)
         d = out_dir(context)
         paths = {
-            "distilled": write_parquet_atomic(d / "distilled.parquet", result.rows),
-            "quarantine": write_parquet_atomic(d / "quarantine.parquet", result.quarantine),
+            "distilled": write_parquet_atomic(d / A.FILE_DISTILLED, result.rows),
+            "quarantine": write_parquet_atomic(d / A.FILE_QUARANTINE, result.quarantine),
         }
     n = len(requests)
     fail_rate = result.quarantine.height / n if n else 1.0
@@ -240,8 +241,8 @@ def validated(context: dg.AssetExecutionContext, config: ValidateConfig) -> dg.M
 
     p = context.partition_key
     cat = _catalogue(p)
-    raw_pairs = pl.read_parquet(upstream_dir(p, "raw") / "pairs.parquet")
-    dist = pl.read_parquet(upstream_dir(p, "distilled") / "distilled.parquet")
+    raw_pairs = pl.read_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_PAIRS)
+    dist = pl.read_parquet(upstream_dir(p, A.ASSET_DISTILLED) / A.FILE_DISTILLED)
     rows = pl.concat(
         [
             # Raw pairs carry no free text: the split renders their request itself.
@@ -255,8 +256,8 @@ def validated(context: dg.AssetExecutionContext, config: ValidateConfig) -> dg.M
     with timed() as t:
         accepted, quarantine, reasons = validate_rows(rows, cat)
     d = out_dir(context)
-    write_parquet_atomic(d / "validated.parquet", accepted)
-    write_parquet_atomic(d / "quarantine.parquet", quarantine)
+    write_parquet_atomic(d / A.FILE_VALIDATED, accepted)
+    write_parquet_atomic(d / A.FILE_QUARANTINE, quarantine)
     reparsed = sum(1 for s in accepted["plan_json"] if _parses(s))
     rate = quarantine.height / rows.height if rows.height else 1.0
     checks = [
@@ -289,7 +290,7 @@ def validated(context: dg.AssetExecutionContext, config: ValidateConfig) -> dg.M
                     "quarantined": quarantine.height,
                     "reasons": dict(reasons),
                     "wall_s": t["wall_s"],
-                    "path": d / "validated.parquet",
+                    "path": d / A.FILE_VALIDATED,
                 }
             ),
             "quarantine_preview": frame_preview(quarantine.select("source", "reason"), 10)
@@ -327,13 +328,13 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from pumpl_assets.core.dataset import merge_examples
     from pumpl_assets.core.io import write_parquet_atomic
 
-    v = pl.read_parquet(upstream_dir(context.partition_key, "validated") / "validated.parquet")
+    v = pl.read_parquet(upstream_dir(context.partition_key, A.ASSET_VALIDATED) / A.FILE_VALIDATED)
     with timed() as t:
         df, counts = merge_examples(
             v.filter(pl.col("source") == "raw"), v.filter(pl.col("source") == "distilled")
         )
     d = out_dir(context)
-    write_parquet_atomic(d / "merged.parquet", df)
+    write_parquet_atomic(d / A.FILE_MERGED, df)
     dupes = df.height - df.select("example_id").n_unique()
     checks = [
         check("no_duplicates", dupes == 0, f"{dupes} duplicate example ids", duplicates=dupes),
@@ -341,7 +342,7 @@ def merged(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     ]
     write_gates(out_dir(context), checks)
     return dg.MaterializeResult(
-        metadata=metadata({**counts, "rows": df.height, "wall_s": t["wall_s"], "path": d / "merged.parquet"}),
+        metadata=metadata({**counts, "rows": df.height, "wall_s": t["wall_s"], "path": d / A.FILE_MERGED}),
         check_results=checks,
         data_version=dg.DataVersion(frame_hash(df.sort("example_id"))[:16]),
     )
@@ -381,7 +382,7 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
             model_path = ensure_base_model(spec)
         except ModelNotAvailableError as exc:
             raise fail_on_missing_model(exc) from None
-        df = pl.read_parquet(upstream_dir(context.partition_key, "merged") / "merged.parquet")
+        df = pl.read_parquet(upstream_dir(context.partition_key, A.ASSET_MERGED) / A.FILE_MERGED)
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         style = resolve_style(spec.prompt_style)
         df = split_examples(df)

@@ -32,6 +32,7 @@ from pumpl_assets.common import (
     upstream_dir,
     write_gates,
 )
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import settings
 from pumpl_assets.core.catalogue import CATALOGUE, ModelNotAvailableError
 from pumpl_assets.core.exercises import ExerciseCatalogue
@@ -109,7 +110,7 @@ def lora_adapter(
     if not config.resume:
         import shutil
 
-        shutil.rmtree(d / "checkpoints", ignore_errors=True)
+        shutil.rmtree(d / A.DIR_CHECKPOINTS, ignore_errors=True)
     try:
         job = build_job(
             base_model=Path(base).resolve(),
@@ -154,13 +155,13 @@ def lora_adapter(
                 **({"val_loss": float(val_loss)} if math.isfinite(val_loss) else {}),
             }
         )
-        if (d / "loss_curve.png").is_file():
-            registry.log_artifact(d / "loss_curve.png")
+        if (d / A.FILE_LOSS_CURVE).is_file():
+            registry.log_artifact(d / A.FILE_LOSS_CURVE)
     return dg.MaterializeResult(
         metadata={
             **md,
             **metadata({"wall_s": t["wall_s"], "launcher": config.launcher}),
-            "loss_curve": _png_md(d / "loss_curve.png"),
+            "loss_curve": _png_md(d / A.FILE_LOSS_CURVE),
         },
         check_results=checks,
         data_version=reported.data_version,
@@ -205,9 +206,9 @@ def eval_report(
     spec = spec_for(context)
     p = context.partition_key
     base = _base(context)
-    test = pl.read_parquet(upstream_dir(p, "split") / "test.parquet")
-    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, "raw") / "exercises.parquet")
-    adapter_dir = upstream_dir(p, "lora_adapter") / "adapter"
+    test = pl.read_parquet(upstream_dir(p, A.ASSET_SPLIT) / A.split_file("test"))
+    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)
+    adapter_dir = upstream_dir(p, A.ASSET_LORA_ADAPTER) / A.DIR_ADAPTER
     with timed() as t:
         report = evaluate_models(
             base,
@@ -225,20 +226,20 @@ def eval_report(
         paths = write_eval_outputs(report, d)
     s = report.summary
     causes = failure_causes(report.per_example)
-    write_json_atomic(d / "failure_causes.json", causes)
+    write_json_atomic(d / A.FILE_FAILURE_CAUSES, causes)
     champion = mlflow.registry().get_champion(p)
     gates = eval_gates(
         s, spec.gates, champion.metrics if champion else None, champion.version if champion else None
     )
     checks = [check(gt.name, gt.passed, gt.description, **gt.metadata) for gt in gates]
     write_gates(d, checks)
-    write_json_atomic(d / "summary_for_registry.json", s)
+    write_json_atomic(d / A.FILE_SUMMARY_FOR_REGISTRY, s)
     registry = mlflow.registry()
     with registry.start_run(f"pumpl-{p}", "eval_report", _mlflow_tags(context)):
         registry.log_metrics(
             {k.replace("@", "_"): float(v) for k, v in s.items() if isinstance(v, int | float)}
         )
-        for path in [*paths.values(), d / "failure_causes.json"]:
+        for path in [*paths.values(), d / A.FILE_FAILURE_CAUSES]:
             if Path(path).suffix in (".png", ".json"):
                 registry.log_artifact(Path(path))
     plots = {f"plot_{Path(v).stem}": _png_md(Path(v)) for v in paths.values() if Path(v).suffix == ".png"}
@@ -259,7 +260,7 @@ def eval_report(
         },
         check_results=checks,
         data_version=dg.DataVersion(
-            sha256_tree(d / "summary.json")[:16] if (d / "summary.json").exists() else "none"
+            sha256_tree(d / A.FILE_SUMMARY)[:16] if (d / A.FILE_SUMMARY).exists() else "none"
         ),
     )
 
@@ -284,10 +285,10 @@ def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     spec = spec_for(context)
     p = context.partition_key
     base = _base(context)
-    adapter_dir = upstream_dir(p, "lora_adapter") / "adapter"
+    adapter_dir = upstream_dir(p, A.ASSET_LORA_ADAPTER) / A.DIR_ADAPTER
     d = out_dir(context)
     with timed() as t:
-        merged_dir = merge_adapter(base, adapter_dir, d / "model")
+        merged_dir = merge_adapter(base, adapter_dir, d / A.DIR_MODEL)
         prompts = _golden_prompts(p, spec)
         parity = parity_check(
             base,
@@ -322,7 +323,7 @@ def merged_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyped-def]
     """The first test-split prompts, rendered exactly as training and serving render them."""
-    test = pl.read_parquet(upstream_dir(partition, "split") / "test.parquet")
+    test = pl.read_parquet(upstream_dir(partition, A.ASSET_SPLIT) / A.split_file("test"))
     return [str(x) for x in test.sort("example_id")["prompt_text"].head(8)]
 
 
@@ -350,21 +351,23 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
 
     spec = spec_for(context)
     p = context.partition_key
-    merged_dir = upstream_dir(p, "merged_model") / "model"
-    split_dir = upstream_dir(p, "split")
-    train = pl.read_parquet(split_dir / "train.parquet")
+    merged_dir = upstream_dir(p, A.ASSET_MERGED_MODEL) / A.DIR_MODEL
+    split_dir = upstream_dir(p, A.ASSET_SPLIT)
+    train = pl.read_parquet(split_dir / A.split_file("train"))
     calib = [str(x) for x in train.sort("example_id")["full_text"].head(config.n_calibration)]
-    cfg = json.loads((merged_dir / "config.json").read_text())
+    cfg = json.loads((merged_dir / A.FILE_MODEL_CONFIG).read_text())
     group = fit_group_size(
         int(cfg["hidden_size"]), int(cfg["intermediate_size"]), preferred=spec.awq_group_size
     )
     d = out_dir(context)
     with timed() as t:
         quantizer = select_quantizer(config.backend, spec.device, n_grid=config.n_grid)
-        q = quantizer.quantize(merged_dir, d / "model", calib, group_size=group, max_seq_len=spec.max_seq_len)
+        q = quantizer.quantize(
+            merged_dir, d / A.DIR_MODEL, calib, group_size=group, max_seq_len=spec.max_seq_len
+        )
     # Schema-valid rate of the AWQ model vs the merged model, same test rows, same decoding.
-    test = pl.read_parquet(split_dir / "test.parquet")
-    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, "raw") / "exercises.parquet")
+    test = pl.read_parquet(split_dir / A.split_file("test"))
+    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)
     kw: dict[str, Any] = {
         "style": resolve_style(spec.prompt_style),
         "system_prompt": settings.system_prompt(),
@@ -395,13 +398,13 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     checks = [check(gt.name, gt.passed, gt.description, **gt.metadata) for gt in gates]
     write_gates(d, checks)
     write_json_atomic(
-        d / "awq_eval.json",
+        d / A.FILE_AWQ_EVAL,
         {"awq": awq_eval.summary, "merged": merged_eval.summary, "comparison": cmp.to_dict()},
     )
     from pumpl_assets.core.io import write_parquet_atomic
 
     write_parquet_atomic(
-        d / "awq_per_example.parquet",
+        d / A.FILE_AWQ_PER_EXAMPLE,
         pl.concat(
             [
                 merged_eval.per_example.with_columns(pl.lit("merged").alias("model")),

@@ -19,6 +19,7 @@ from pumpl_assets.common import (
     upstream_dir,
     write_gates,
 )
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core.profile import DEFAULT_MAX_SHARE
 
 DATA = "data"
@@ -63,7 +64,7 @@ def data_profile(context: dg.AssetExecutionContext, config: ProfileConfig) -> dg
         write_profile,
     )
 
-    src = upstream_dir(context.partition_key, "merged") / "merged.parquet"
+    src = upstream_dir(context.partition_key, A.ASSET_MERGED) / A.FILE_MERGED
     with timed() as t:
         try:
             prof = profile_examples(src)

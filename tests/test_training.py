@@ -38,11 +38,15 @@ def _plan(i: int) -> str:
         title=f"Plan number {i}",
         total_minutes=20 + i,
         days_per_week=3,
-        session=WorkoutDay(
-            warmup=[TimedExercise(name="Jumping Jacks", sets=1, work_s=60, rest_s=0)],
-            main=[RepsExercise(name="Push-Up", sets=3, reps=10 + i % 5, rest_s=60)],
-            cooldown=[TimedExercise(name="Child's Pose", sets=1, work_s=45, rest_s=0)],
-        ),
+        split="full_body",
+        sessions=[
+            WorkoutDay(
+                day="full_body",
+                warmup=[TimedExercise(name="Jumping Jacks", sets=1, work_s=60, rest_s=0)],
+                main=[RepsExercise(name="Push-Up", sets=3, reps=10 + i % 5, rest_s=60)],
+                cooldown=[TimedExercise(name="Child's Pose", sets=1, work_s=45, rest_s=0)],
+            )
+        ],
     )
     return dump_plan(plan)
 

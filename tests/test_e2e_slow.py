@@ -86,7 +86,7 @@ def test_registry_champion_points_at_the_awq_model(
     assert champ.tags.get("gates_passed") == "true"
     assert champ.tags.get("dagster.run_id")
     assert float(champ.metrics["adapter.unconstrained.schema_valid"]) >= 0.95
-    assert float(champ.metrics["adapter.constrained.adherence"]) >= 0.90
+    assert float(champ.metrics["adapter.served.adherence"]) >= 0.90
     cfg = json.loads((Path(champ.awq_path) / "config.json").read_text())
     assert "quantization_config" in cfg  # compressed-tensors AWQ
 

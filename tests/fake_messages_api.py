@@ -3,8 +3,9 @@
 ``POST /v1/messages`` answers with proper Messages-API JSON (``id``, ``type``,
 ``role``, ``model``, ``content``, ``stop_reason``, ``usage``) or proper error bodies
 (``{"type": "error", "error": {"type": ..., "message": ...}}``). By default it answers
-with a valid plan: it parses the request back from the first user message
-(:func:`prompts.prompt_to_request`) and runs the offline planner on it.
+with a valid plan: it parses the request back from the first line of the first user message (the
+teacher writes :func:`prompts.request_to_prompt` there; :func:`request_text.parse_request` reads that
+canonical layout exactly) and runs the offline coach on it.
 
 Tests script the next replies, consumed one per HTTP request in order::
 
@@ -18,7 +19,7 @@ Actions: ``ok``, ``rate_limit`` (429 + retry-after), ``overloaded`` (529),
 ``delay_s`` then answers ok — longer than a short client timeout), ``no_tool_use`` (a
 text-only reply), ``invalid_json`` (a tool_use whose input / a text block that is
 not JSON), ``schema_invalid`` (JSON that is not a plan), ``domain_invalid`` (a
-schema-valid plan twice too long).
+schema-valid plan whose every session is about twice too long).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
-from pumpl_assets.core.prompts import prompt_to_request
-from pumpl_assets.core.schemas import dump_plan
-from pumpl_assets.core.teachers.offline import plan_for_request
+from pumpl_assets.core.request_text import parse_request
+from pumpl_assets.core.schemas import RequestSpec, dump_plan
+from pumpl_assets.core.teachers.offline import PlanningError, plan_for_request
 
 ACTIONS = (
     "ok",
@@ -160,17 +161,21 @@ class FakeMessagesAPI:
         first = messages[0]["content"] if messages else ""
         prompt = first if isinstance(first, str) else json.dumps(first)
         answer: Any
-        request = prompt_to_request(prompt)
+        request = _request_of(prompt)
         if request is None:
             answer = {"error": "could not parse the request"}
         else:
-            plan = json.loads(dump_plan(plan_for_request(request, self.catalogue)))
-            if action == "domain_invalid":
-                for ex in plan["session"]["main"]:
-                    ex["sets"] = min(8, ex["sets"] * 2 + 2)
+            try:
+                plan = json.loads(dump_plan(plan_for_request(request, self.catalogue)))
+            except PlanningError as e:
+                plan = {"error": f"cannot plan: {e}"}
+            if action == "domain_invalid" and "sessions" in plan:
+                for session in plan["sessions"]:
+                    for ex in session["main"]:
+                        ex["sets"] = min(8, ex["sets"] * 2 + 2)
             answer = plan
         if action == "schema_invalid":
-            answer = {"title": "x", "session": "not a session"}
+            answer = {"title": "x", "sessions": "not a list of sessions"}
         content: list[dict[str, Any]]
         if action == "no_tool_use":
             content = [{"type": "text", "text": "Here is a great plan for you: do some squats."}]
@@ -225,6 +230,16 @@ class FakeMessagesAPI:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             pass
+
+
+def _request_of(prompt: str) -> RequestSpec | None:
+    """The request in the prompt's first line (``Goal: ... Limitations: ...[ Focus: ...]``)."""
+    first_line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    if not first_line.startswith("Goal:"):
+        return None
+    understood = parse_request(first_line)
+    # the canonical layout sets every field but an absent focus; anything else fell back to defaults
+    return None if set(understood.defaults_used) - {"focus"} else understood.spec
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

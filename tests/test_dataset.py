@@ -19,8 +19,11 @@ from pumpl_assets.core.dataset import (
     split_examples,
     split_stats,
     to_training_examples,
+    understood_request,
     write_split_files,
 )
+from pumpl_assets.core.prompts import request_to_prompt
+from pumpl_assets.core.request_text import parse_request, phrase_request
 from pumpl_assets.core.schemas import EQUIPMENT, GOALS, LEVELS, LIMITATIONS, MINUTES_CHOICES, RequestSpec
 
 
@@ -41,11 +44,15 @@ def plan_text(title: str = "Bodyweight Basics", squat: str = "Bodyweight Squat",
             "title": title,
             "total_minutes": 30,
             "days_per_week": 3,
-            "session": {
-                "warmup": [{"name": "Arm Circles", "sets": 1, "work_s": 60, "rest_s": 0}],
-                "main": [{"name": squat, "sets": sets, "reps": 10, "rest_s": 60}],
-                "cooldown": [{"name": "Cobra Stretch", "sets": 1, "work_s": 60, "rest_s": 0}],
-            },
+            "split": "full_body",
+            "sessions": [
+                {
+                    "day": "full_body",
+                    "warmup": [{"name": "Arm Circles", "sets": 1, "work_s": 60, "rest_s": 0}],
+                    "main": [{"name": squat, "sets": sets, "reps": 10, "rest_s": 60}],
+                    "cooldown": [{"name": "Cobra Stretch", "sets": 1, "work_s": 60, "rest_s": 0}],
+                }
+            ],
         },
         separators=(",", ":"),
     )
@@ -297,3 +304,42 @@ def test_write_split_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted(p.name for p in paths.values())
     with pytest.raises(ValueError, match="split"):
         write_split_files(df.drop("split"), tmp_path / "x")
+
+
+@pytest.mark.unit
+def test_understood_request_reads_request_text_with_the_serving_parser(tiny_tokenizer: Any) -> None:
+    """The model is told the request as the serving parser understands the row's free text."""
+    req = RequestSpec(
+        goal="strength",
+        minutes=45,
+        level="intermediate",
+        equipment=["dumbbell"],
+        days_per_week=4,
+        focus="arms",
+    )
+    base = {"request_json": req.model_dump_json(), "plan_json": plan_text()}
+    assert understood_request(base) == req  # no text: the request itself
+    assert understood_request({**base, "request_text": "  "}) == req
+    assert understood_request({**base, "request_text": request_to_prompt(req)}) == req  # canonical text
+    text = phrase_request(req, random.Random(1))
+    assert understood_request({**base, "request_text": text}) == parse_request(text).spec
+    # a text that says something else is taken at its word (a parser mistake costs the row's checks)
+    other = request_to_prompt(req.model_copy(update={"goal": "mobility", "focus": None}))
+    seen = understood_request({**base, "request_text": other})
+    assert seen.goal == "mobility"
+
+    df = pl.DataFrame(
+        {
+            "request_json": [base["request_json"]] * 2,
+            "plan_json": [plan_text(), plan_text(title="Other")],
+            "request_text": [request_to_prompt(req), other],
+        }
+    )
+    out, report = render_for_model(df, tiny_tokenizer, "chat_template", 4096, "")
+    assert out["understood_matches"].to_list() == [True, False]
+    assert [RequestSpec.model_validate_json(u) for u in out["understood_json"]] == [req, seen]
+    assert report["understood_mismatch"] == 1
+    assert "Goal: mobility." in out["prompt_text"][1]
+    (ex0, ex1) = to_training_examples(df, "")
+    assert ex0.user == request_to_prompt(req) and ex1.user == other
+    assert ex0.request == ex1.request == req  # the true request is kept for scoring

@@ -16,6 +16,9 @@ from pumpl_assets.core.schemas import (
     GOALS,
     LEVELS,
     LIMITATIONS,
+    MAX_MAIN,
+    MAX_SESSIONS,
+    MINUTES_CHOICES,
     InferenceRequest,
     RepsExercise,
     RequestSpec,
@@ -30,11 +33,15 @@ PLAN = {
     "title": "Quick Strength",
     "total_minutes": 20,
     "days_per_week": 3,
-    "session": {
-        "warmup": [{"name": "Jumping Jacks", "work_s": 60}],
-        "main": [{"name": "Push-Up", "sets": 3, "reps": 10, "rest_s": 60}],
-        "cooldown": [{"name": "Child's Pose", "work_s": 45}],
-    },
+    "split": "full_body",
+    "sessions": [
+        {
+            "day": "full_body",
+            "warmup": [{"name": "Jumping Jacks", "work_s": 60}],
+            "main": [{"name": "Push-Up", "sets": 3, "reps": 10, "rest_s": 60}],
+            "cooldown": [{"name": "Child's Pose", "work_s": 45}],
+        }
+    ],
 }
 
 
@@ -44,20 +51,31 @@ def test_plan_roundtrip_is_compact_and_canonical() -> None:
     text = dump_plan(plan)
     assert '"sets":1' not in text and '"rest_s":0' not in text and "null" not in text
     assert parse_plan(text) == plan
-    assert isinstance(plan.session.main[0], RepsExercise)
-    assert isinstance(plan.session.warmup[0], TimedExercise)
+    assert isinstance(plan.sessions[0].main[0], RepsExercise)
+    assert isinstance(plan.sessions[0].warmup[0], TimedExercise)
+    assert [e.name for e in plan.all_exercises()] == ["Jumping Jacks", "Push-Up", "Child's Pose"]
+    # 60+30 + 3×(30+60)+30 + 45+30 seconds
+    assert plan.session_minutes() == pytest.approx([(90 + 300 + 75) / 60])
+    assert plan.computed_minutes() == pytest.approx(plan.session_minutes()[0])
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda p: p["session"]["main"][0].update(work_s=30),  # both reps and work_s
-        lambda p: p["session"]["main"][0].pop("reps"),  # neither
-        lambda p: p["session"].update(main=[]),  # empty block
-        lambda p: p["session"]["main"][0].update(sets=99),  # out of range
+        lambda p: p["sessions"][0]["main"][0].update(work_s=30),  # both reps and work_s
+        lambda p: p["sessions"][0]["main"][0].pop("reps"),  # neither
+        lambda p: p["sessions"][0].update(main=[]),  # empty block
+        lambda p: p["sessions"][0]["main"][0].update(sets=99),  # out of range
         lambda p: p.update(extra="x"),  # unknown key
-        lambda p: p["session"]["warmup"].extend([{"name": "A b", "work_s": 5}] * 3),  # maxItems
+        lambda p: p["sessions"][0]["warmup"].extend([{"name": "A b", "work_s": 5}] * 3),  # maxItems
+        lambda p: p.update(session=p.pop("sessions")[0]),  # the v1 shape
+        lambda p: p.pop("split"),  # split required
+        lambda p: p.update(split="bro_split"),  # unknown split
+        lambda p: p["sessions"][0].update(day="arms"),  # unknown day
+        lambda p: p["sessions"][0].pop("day"),  # day required
+        lambda p: p.update(sessions=[]),  # at least one session
+        lambda p: p.update(sessions=p["sessions"] * 4),  # at most MAX_SESSIONS
     ],
 )
 def test_schema_rejects_structural_errors(mutate) -> None:  # type: ignore[no-untyped-def]
@@ -72,8 +90,13 @@ def test_exported_json_schema_carries_the_grammar_rules() -> None:
     schema = plan_json_schema(["Push-Up", "Squat"], include_optional=False)
     text = json.dumps(schema)
     assert "$ref" not in text  # inlined for teachers and grammar compilers
-    main = schema["properties"]["session"]["properties"]["main"]
-    assert main["maxItems"] == 8
+    sessions = schema["properties"]["sessions"]
+    assert sessions["maxItems"] == MAX_SESSIONS and sessions["minItems"] == 1
+    session = sessions["items"]["properties"]
+    assert session["day"]["enum"] == ["full_body", "upper", "lower", "push", "pull", "legs"]
+    assert schema["properties"]["split"]["enum"] == ["full_body", "upper_lower", "push_pull_legs"]
+    main = session["main"]
+    assert main["maxItems"] == MAX_MAIN == 10
     variants = main["items"]["oneOf"]
     assert len(variants) == 2
     assert {tuple(sorted(v["required"])) for v in variants} == {("name", "reps"), ("name", "work_s")}
@@ -84,16 +107,22 @@ def test_exported_json_schema_carries_the_grammar_rules() -> None:
 
 
 @pytest.mark.unit
+def test_minutes_choices_are_twelve_lengths() -> None:
+    assert MINUTES_CHOICES == (10, 15, 20, 25, 30, 40, 45, 50, 60, 75, 90, 120)
+
+
+@pytest.mark.unit
 def test_request_prompt_roundtrip_over_many_requests() -> None:
     rng = random.Random(0)
     for _ in range(300):
         req = RequestSpec(
             goal=rng.choice(GOALS),
-            minutes=rng.choice([15, 20, 30, 45, 60, 75]),
+            minutes=rng.choice(MINUTES_CHOICES),
             level=rng.choice(LEVELS),
             equipment=rng.sample(EQUIPMENT, rng.randint(1, 4)),
             days_per_week=rng.randint(1, 7),
             limitations=rng.sample(LIMITATIONS, rng.randint(0, 2)),
+            focus=rng.choice([None, None, "core", "upper_body", "lower_body", "glutes", "arms"]),
         )
         assert prompts.prompt_to_request(prompts.request_to_prompt(req)) == req
 

@@ -16,9 +16,10 @@ from pumpl_assets.core.generation import (
     HFEngine,
     load_engine,
 )
-from pumpl_assets.core.grammar import allowed_exercise_names, request_plan_schema
+from pumpl_assets.core.grammar import GUARANTEED_CHECKS, allowed_exercise_names, request_plan_schema
 from pumpl_assets.core.prompts import render_prompt, request_to_prompt
 from pumpl_assets.core.schemas import RequestSpec, parse_plan
+from pumpl_assets.core.validate import adherence
 
 RECORDS: list[dict[str, Any]] = [
     {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
@@ -32,6 +33,21 @@ RECORDS: list[dict[str, Any]] = [
         "category": "olympic weightlifting",
     },
     {"name": "Cable Fly", "level": "intermediate", "equipment": "cable", "category": "strength"},
+    # warm-up drill and cool-down stretch: the served grammar needs a name for every block
+    {
+        "name": "Arm Circles",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "push",
+    },
+    {
+        "name": "Child's Pose",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "static",
+    },
 ]
 
 REQ_A = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3)
@@ -62,7 +78,7 @@ def prompts_for(eng: HFEngine, reqs: list[RequestSpec]) -> list[str]:
 
 def exercise_names(text: str) -> list[str]:
     plan = parse_plan(text)
-    return [e.name for e in plan.session.all_exercises()]
+    return [e.name for e in plan.all_exercises()]
 
 
 @pytest.mark.integration
@@ -115,9 +131,12 @@ def test_constrained_random_model_yields_valid_request_aware_plans(
     gens = engine.generate(prompts_for(engine, reqs), GenerationParams(max_new_tokens=1500), schemas)
     for req, g in zip(reqs, gens, strict=True):
         assert g.finish_reason == "stop", g
-        parse_plan(g.text)  # raises if not a WorkoutPlanResponse
+        plan = parse_plan(g.text)  # raises if not a WorkoutPlanResponse
         allowed = set(allowed_exercise_names(req, catalogue))
         assert set(exercise_names(g.text)) <= allowed
+        # the served grammar guarantees these checks even for a random model
+        checks = adherence(req, plan, catalogue).checks
+        assert all(checks[c] for c in GUARANTEED_CHECKS), checks
         assert " " not in g.text.split('"title"')[0]  # compact JSON
     assert "Barbell Snatch" not in allowed_exercise_names(REQ_A, catalogue)
 

@@ -10,12 +10,14 @@ import pytest
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.grammar import (
+    GUARANTEED_CHECKS,
     NoSuitableExercisesError,
     allowed_exercise_names,
     clear_cache,
     request_plan_schema,
 )
-from pumpl_assets.core.schemas import RequestSpec, plan_json_schema
+from pumpl_assets.core.schemas import MAX_MAIN, MAX_SESSIONS, RequestSpec, plan_json_schema
+from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP
 
 RECORDS: list[dict[str, Any]] = [
     {
@@ -60,7 +62,40 @@ RECORDS: list[dict[str, Any]] = [
         "category": "strength",
         "primaryMuscles": ["shoulders"],
     },
+    {
+        "name": "Goblet Squat",
+        "level": "beginner",
+        "equipment": "dumbbell",
+        "category": "strength",
+        "mechanic": "compound",
+        "primaryMuscles": ["quadriceps"],
+    },
+    {  # dynamic drill: warm-up
+        "name": "Arm Circles",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "push",
+        "primaryMuscles": ["shoulders"],
+    },
+    {  # easy cardio: warm-up
+        "name": "Jog in Place",
+        "level": "beginner",
+        "equipment": None,
+        "category": "cardio",
+        "primaryMuscles": ["quadriceps"],
+    },
+    {  # static stretch: cool-down
+        "name": "Standing Hamstring Stretch",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "static",
+        "primaryMuscles": ["hamstrings"],
+    },
 ]
+WARM = ["Arm Circles", "Jog in Place"]
+COOL = ["Standing Hamstring Stretch"]
 
 
 @pytest.fixture()
@@ -87,16 +122,53 @@ def name_enums(schema: Any) -> list[list[str]]:
     return found
 
 
+def _session(schema: dict[str, Any]) -> dict[str, Any]:
+    return schema["properties"]["sessions"]["items"]["properties"]
+
+
+def _main_variants(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    items = _session(schema)["main"]["items"]
+    return items.get("oneOf", [items])
+
+
 @pytest.mark.unit
 def test_schema_restricts_names_to_suitable_exercises(small_catalogue: ExerciseCatalogue) -> None:
     req = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3)
     schema = request_plan_schema(req, small_catalogue)
-    enums = name_enums(schema)
-    assert len(enums) == 4  # main: reps | timed; warm-up and cool-down: timed holds only (layout)
-    for enum in enums:
-        assert enum == ["Dumbbell Row", "Plank", "Push-Up"]
+    session = _session(schema)
+    # warm-up: light drills and easy cardio only; cool-down: static stretches only
+    assert session["warmup"]["items"]["properties"]["name"]["enum"] == WARM
+    assert session["cooldown"]["items"]["properties"]["name"]["enum"] == COOL
+    assert session["warmup"]["items"]["properties"]["work_s"] == {"type": "integer", "minimum": WARMUP.work_s[0], "maximum": WARMUP.work_s[1]}  # fmt: skip
+    assert session["cooldown"]["items"]["properties"]["work_s"]["maximum"] == COOLDOWN.work_s[1]
+    # main: one variant per role of the goal, with that role's names and the standard's ranges
+    by_role = {
+        "primary": ["Goblet Squat"],
+        "assistance": ["Dumbbell Row", "Push-Up"],
+        "hold": ["Plank"],
+    }
+    variants = _main_variants(schema)
+    assert len(variants) == len(by_role)
+    for v in variants:
+        names = v["properties"]["name"]["enum"]
+        (role,) = [r for r, n in by_role.items() if n == names]
+        pres = STANDARD["strength"]["beginner"][role]
+        props = v["properties"]
+        assert (props["sets"]["minimum"], props["sets"]["maximum"]) == pres.sets
+        assert (props["rest_s"]["minimum"], props["rest_s"]["maximum"]) == pres.rest_s
+        if pres.reps is not None:
+            assert (props["reps"]["minimum"], props["reps"]["maximum"]) == pres.reps and "work_s" not in props
+        else:
+            assert (props["work_s"]["minimum"], props["work_s"]["maximum"]) == pres.work_s
+            assert "reps" not in props
+    # nothing above the level, outside the equipment, or without a role in the goal's main block
+    all_names = json.dumps(schema)
+    for absent in ("Barbell Snatch", "Arnold Press", "Box Jump"):
+        assert absent not in all_names
     # compact form: derivable keys dropped
-    assert "equipment" not in json.dumps(schema["properties"]["session"])
+    assert "equipment" not in json.dumps(schema["properties"]["sessions"])
+    assert set(schema["required"]) == {"title", "total_minutes", "days_per_week", "split", "sessions"}
+    assert "session" not in schema["properties"]
 
 
 @pytest.mark.unit
@@ -106,11 +178,18 @@ def test_schema_respects_limitations_and_level(small_catalogue: ExerciseCatalogu
     )
     assert allowed_exercise_names(expert_all, small_catalogue) == sorted(r["name"] for r in RECORDS)
     knees_shoulders = expert_all.model_copy(update={"limitations": ["knees", "shoulders"]})
-    names = name_enums(request_plan_schema(knees_shoulders, small_catalogue))[0]
-    assert "Box Jump" not in names  # plyometrics with bad knees
-    assert "Arnold Press" not in names  # shoulders
-    assert "Barbell Snatch" not in names  # olympic lifting with shoulders
-    assert "Dumbbell Row" in names
+    allowed = allowed_exercise_names(knees_shoulders, small_catalogue)
+    text = json.dumps(request_plan_schema(knees_shoulders, small_catalogue))
+    for bad in ("Box Jump", "Goblet Squat"):  # jumping, deep knee flexion
+        assert bad not in allowed and f'"{bad}"' not in text
+    for bad in ("Arnold Press", "Barbell Snatch"):  # overhead pressing
+        assert bad not in allowed and f'"{bad}"' not in text
+    assert "Dumbbell Row" in allowed and '"Dumbbell Row"' in text
+    # the same request without limitations allows the squat again
+    assert '"Goblet Squat"' in json.dumps(request_plan_schema(expert_all, small_catalogue))
+    # a beginner never sees the expert lift
+    beginner = expert_all.model_copy(update={"level": "beginner"})
+    assert "Barbell Snatch" not in allowed_exercise_names(beginner, small_catalogue)
 
 
 @pytest.mark.unit
@@ -129,14 +208,17 @@ def test_schema_cache_returns_independent_copies(small_catalogue: ExerciseCatalo
     a["properties"]["title"]["maxLength"] = 1  # callers may mutate their copy
     b = request_plan_schema(req, small_catalogue)
     assert b["properties"]["title"]["maxLength"] == 60
-    # equipment order and goal do not change the key (minutes and days do: they shape the layout)
+    # equipment order, minutes and days do not change the key (no layout is pinned) ...
     req2 = RequestSpec(
-        goal="hypertrophy", minutes=60, level="beginner", equipment=["dumbbell", "body only"], days_per_week=2
+        goal="strength", minutes=60, level="beginner", equipment=["dumbbell", "body only"], days_per_week=2
     )
     req3 = RequestSpec(
-        goal="strength", minutes=60, level="beginner", equipment=["body only", "dumbbell"], days_per_week=2
+        goal="strength", minutes=20, level="beginner", equipment=["body only", "dumbbell"], days_per_week=5
     )
     assert request_plan_schema(req2, small_catalogue) == request_plan_schema(req3, small_catalogue)
+    # ... the goal does: its ranges per role are in the grammar
+    req4 = req3.model_copy(update={"goal": "hypertrophy"})
+    assert request_plan_schema(req4, small_catalogue) != request_plan_schema(req3, small_catalogue)
 
 
 @pytest.mark.unit
@@ -168,28 +250,46 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     assert cache.stats.compiles == 1 and cache.stats.hits == 1
     assert cache.stats.last_compile_seconds > 0
 
-    main = ",".join(
-        f'{{"name":"{n}","sets":3,"rest_s":40,"reps":10}}'
-        for n in ("Dumbbell Row", "Push-Up", "Plank", "Push-Up")
-    )
-    plan = (
-        '{"title":"Quick dumbbell session","total_minutes":20,"days_per_week":3,"session":{'
-        '"warmup":[{"name":"Plank","work_s":90}],'
-        f'"main":[{main}],'
-        '"cooldown":[{"name":"Push-Up","work_s":90}]}}'
-    )
-    m = xgr.GrammarMatcher(g1)
-    assert m.accept_string(plan)
-    assert m.is_completed()
+    def plan(main: list[str], total: int = 20, **session: str) -> str:
+        sess = {
+            "day": '"full_body"',
+            "warmup": '[{"name":"Arm Circles","work_s":90}]',
+            "main": "[" + ",".join(main) + "]",
+            "cooldown": '[{"name":"Standing Hamstring Stretch","sets":2,"work_s":30}]',
+        }
+        sess.update(session)
+        body = ",".join(f'"{k}":{v}' for k, v in sess.items())
+        return (
+            f'{{"title":"Quick dumbbell session","total_minutes":{total},"days_per_week":3,'
+            f'"split":"full_body","sessions":[{{{body}}}]}}'
+        )
+
+    def ok(text: str) -> bool:
+        m = xgr.GrammarMatcher(g1)
+        return m.accept_string(text) and m.is_completed()
+
+    squat = '{"name":"Goblet Squat","sets":3,"rest_s":120,"reps":10}'
+    row = '{"name":"Dumbbell Row","sets":2,"rest_s":90,"reps":12}'
+    plank = '{"name":"Plank","sets":2,"rest_s":45,"work_s":30}'
+    good = plan([squat, row, plank])
+    assert ok(good)
     # a name outside the request-aware subset is rejected
-    bad = xgr.GrammarMatcher(g1)
-    assert not bad.accept_string(plan.replace("Dumbbell Row", "Arnold Press"))
-    # the layout for 20 min: exactly 4 main items, 3 sets, 90 s holds, the requested minutes
-    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"work_s":90', '"work_s":60', 1))
-    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"sets":3', '"sets":4', 1))
-    assert not xgr.GrammarMatcher(g1).accept_string(plan.replace('"total_minutes":20', '"total_minutes":30'))
-    three_main = plan.replace(',{"name":"Push-Up","sets":3,"rest_s":40,"reps":10}]', "]")
-    assert not xgr.GrammarMatcher(g1).accept_string(three_main)
+    assert not ok(good.replace("Dumbbell Row", "Arnold Press"))
+    # the standard's ranges per role: 3×10 fits a beginner's primary lift, 3×5 or 4 sets do not
+    assert not ok(good.replace('"reps":10', '"reps":5', 1))
+    assert not ok(good.replace('"sets":3', '"sets":4', 1))
+    assert not ok(good.replace('"rest_s":120', '"rest_s":30', 1))
+    # a hold in reps, a lift in seconds: rejected
+    assert not ok(good.replace('"work_s":30}', '"reps":10}', 1))
+    # a stretch in the warm-up, a drill in the cool-down, a lift in either: rejected
+    assert not ok(good.replace('"Arm Circles"', '"Standing Hamstring Stretch"'))
+    assert not ok(good.replace('"name":"Standing Hamstring Stretch"', '"name":"Arm Circles"'))
+    assert not ok(good.replace('"Arm Circles"', '"Push-Up"'))
+    # the v1 field is gone
+    assert not ok(good.replace('"sessions":[', '"session":['))
+    # no layout pinning: the model decides length, item counts and the declared minutes
+    assert ok(plan([squat], total=30))
+    assert ok(plan([squat, row, plank, '{"name":"Push-Up","sets":3,"rest_s":60,"reps":8}'], total=45))
     # non-compact whitespace is rejected (any_whitespace=False)
     spaced = xgr.GrammarMatcher(g1)
     assert not spaced.accept_string('{"title": "x"')
@@ -201,20 +301,28 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
 
 
 @pytest.mark.unit
-def test_layout_pins_structure_for_standard_lengths_only(small_catalogue: ExerciseCatalogue) -> None:
-    from pumpl_assets.core.layout import MINUTES_LAYOUT
-
-    for minutes, (sets, n_main, n_wc, hold) in MINUTES_LAYOUT.items():
-        req = RequestSpec(
-            goal="endurance", minutes=minutes, level="beginner", equipment=["dumbbell"], days_per_week=4
+def test_no_layout_is_pinned(small_catalogue: ExerciseCatalogue) -> None:
+    """The served grammar guarantees names per block and ranges per role; structure is the model's."""
+    assert set(GUARANTEED_CHECKS) == {"catalogue", "equipment", "level", "safety", "goal_fidelity"}
+    schemas = [
+        request_plan_schema(
+            RequestSpec(
+                goal="endurance", minutes=m, level="beginner", equipment=["dumbbell"], days_per_week=d
+            ),
+            small_catalogue,
         )
-        session = request_plan_schema(req, small_catalogue)["properties"]["session"]["properties"]
-        assert session["main"]["minItems"] == session["main"]["maxItems"] == n_main
-        assert session["warmup"]["minItems"] == session["cooldown"]["maxItems"] == n_wc
-        assert session["warmup"]["items"]["properties"]["work_s"]["enum"] == [hold]
-        for variant in session["main"]["items"]["oneOf"]:
-            assert variant["properties"]["sets"]["enum"] == [sets]
-    odd = RequestSpec(goal="endurance", minutes=25, level="beginner", equipment=["dumbbell"], days_per_week=4)
-    schema = request_plan_schema(odd, small_catalogue)
-    assert schema["properties"]["total_minutes"]["enum"] == [25]
-    assert schema["properties"]["session"]["properties"]["main"]["minItems"] == 1  # free structure
+        for m in (10, 25, 45, 60, 120)
+        for d in (1, 3, 4, 6)
+    ]
+    assert all(s == schemas[0] for s in schemas)
+    schema = schemas[0]
+    assert "enum" not in schema["properties"]["total_minutes"]
+    assert "enum" not in schema["properties"]["days_per_week"]
+    assert schema["properties"]["split"]["enum"] == ["full_body", "upper_lower", "push_pull_legs"]
+    sessions = schema["properties"]["sessions"]
+    assert (sessions["minItems"], sessions["maxItems"]) == (1, MAX_SESSIONS)
+    session = _session(schema)
+    assert (session["main"]["minItems"], session["main"]["maxItems"]) == (1, MAX_MAIN)
+    assert session["warmup"]["minItems"] == session["cooldown"]["minItems"] == 1
+    for v in _main_variants(schema):
+        assert "enum" not in v["properties"]["sets"]  # a range, not a layout's fixed set count

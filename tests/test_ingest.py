@@ -539,3 +539,36 @@ def test_free_exercise_db_all_rows_accounted(shared_exercises_path: Path) -> Non
     cat = ExerciseCatalogue.from_frame(res.exercises)
     assert len(cat) == 873
     assert cat.get("3/4 Sit-Up") is not None
+
+
+@pytest.mark.unit
+def test_exercise_table_carries_movement_patterns_and_their_source(tmp_path: Path) -> None:
+    """Tagged records keep their tags ("catalogue"); untagged ones get the rules' (with the rule named)."""
+    p = tmp_path / "ex.json"
+    rows = [
+        ex("Pistol Squat", patterns=["deep_knee_flexion"]),
+        ex("Box Jump", category="plyometrics", primaryMuscles=["quadriceps"]),
+        ex("Glute Bridge", primaryMuscles=["glutes"]),
+        ex("Weird Move", patterns=["levitation"]),  # unknown pattern: quarantined with the reason
+    ]
+    p.write_text(json.dumps(rows))
+    res = run(p)
+    assert {"movement_patterns", "patterns_source"} <= set(EXERCISE_COLUMNS)
+    assert res.exercises.schema["movement_patterns"] == pl.List(pl.String)
+    got = {r["name"]: r for r in res.exercises.to_dicts()}
+    assert got["Pistol Squat"]["movement_patterns"] == ["deep_knee_flexion"]
+    assert got["Pistol Squat"]["patterns_source"] == "catalogue"
+    assert "jump" in got["Box Jump"]["movement_patterns"]
+    assert (
+        got["Box Jump"]["patterns_source"].startswith("rule:")
+        and "name:jump" in got["Box Jump"]["patterns_source"]
+    )
+    assert (
+        got["Glute Bridge"]["movement_patterns"] == []
+        and got["Glute Bridge"]["patterns_source"] == "rule:none"
+    )
+    assert res.quarantine.height == 1 and "levitation" in res.quarantine["reason"][0]
+    # the catalogue built from the table reads the same verdicts
+    cat = ExerciseCatalogue.from_frame(res.exercises)
+    assert not cat.get("Box Jump").safe_for(["knees"])  # type: ignore[union-attr]
+    assert cat.get("Glute Bridge").safe_for(["knees", "lower back", "shoulders", "wrists"])  # type: ignore[union-attr]

@@ -70,7 +70,8 @@ def test_invalid_plans_fail_the_validation_gate_and_block_downstream(pumpl_env: 
     bad = []
     for i, pair in enumerate(shipped * 3):
         plan = json.loads(json.dumps(pair["plan"]))
-        plan["session"]["main"] = plan["session"]["main"][:1]
+        for session in plan["sessions"]:  # every session loses its main work but one exercise
+            session["main"] = session["main"][:1]
         plan["title"] = f"Short plan {i}"
         bad.append({"request": pair["request"], "plan": plan})
     (raw_dir / "bad_pairs.jsonl").write_text("\n".join(json.dumps(b) for b in bad) + "\n")

@@ -53,6 +53,10 @@ def test_bad_model_fails_eval_gates_and_champion_never_moves(tiny_partition: Pat
     checks = check_outcomes(result)
     # A random model writes no valid plan: the quality gate fails on merit.
     assert checks["eval_report:schema_valid"] is False
+    # ... and so do the served-configuration gates (16 tokens never close a plan)
+    assert checks["eval_report:served_adherence"] is False
+    assert checks["eval_report:served_safety"] is False
+    assert {"eval_report:better_than_base", "eval_report:not_worse_than_champion"} <= set(checks)
     done = materialized(result)
     assert {"lora_adapter", "eval_report"} <= done
     assert not done & {"merged_model", "awq_model", "registry_entry"}

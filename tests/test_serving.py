@@ -157,7 +157,7 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
     cat = _catalogue_for(info)
     if cat is not None:
         allowed = set(allowed_exercise_names(spec, cat))
-        names = {e.name for e in plan.session.all_exercises()}
+        names = {e.name for e in plan.all_exercises()}
         assert names <= allowed, names - allowed
 
 
@@ -182,7 +182,7 @@ def test_constrained_from_body_fields_and_opt_out(http: httpx.Client, info: dict
         req = RequestSpec(
             goal="general_fitness", minutes=30, level="beginner", equipment=["kettlebells"], days_per_week=3
         )
-        assert {e.name for e in plan.session.all_exercises()} <= set(allowed_exercise_names(req, cat))
+        assert {e.name for e in plan.all_exercises()} <= set(allowed_exercise_names(req, cat))
     off = http.post(
         "/generate", json={"prompt": request_to_prompt(SPECS[0]), "constrained": False, "max_tokens": 8}
     )

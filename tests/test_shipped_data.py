@@ -24,6 +24,7 @@ from pumpl_assets.core.schemas import (
     WorkoutPlanResponse,
     exercise_seconds,
 )
+from pumpl_assets.core.standard import SPLIT_DAYS, fits_day, prescription_for, split_for
 
 SHIPPED = settings.shipped_raw_dir()
 REQUIRED_EQUIPMENT = (
@@ -163,40 +164,58 @@ def test_every_request_kind_can_be_planned(catalogue: ExerciseCatalogue) -> None
 
 
 def domain_problems(req: RequestSpec, plan: WorkoutPlanResponse, cat: ExerciseCatalogue) -> list[str]:
+    """An independent re-statement of the standard's rules (not validate.py), per session."""
     problems = []
     if req.minutes not in MINUTES_CHOICES:
         problems.append(f"minutes {req.minutes} not in {MINUTES_CHOICES}")
-    got = plan.computed_minutes()
-    if abs(got - req.minutes) > DURATION_TOLERANCE * req.minutes:
-        problems.append(f"computed {got:.1f} min vs requested {req.minutes}")
+    for i, got in enumerate(plan.session_minutes()):
+        if abs(got - req.minutes) > DURATION_TOLERANCE * req.minutes:
+            problems.append(f"session {i + 1} computed {got:.1f} min vs requested {req.minutes}")
     if plan.total_minutes != req.minutes:
         problems.append(f"declared {plan.total_minutes} min vs requested {req.minutes}")
     if plan.days_per_week != req.days_per_week:
         problems.append("days_per_week differs from the request")
-    for block, exs in plan.session.blocks().items():
-        names = [normalize_name(e.name) for e in exs]
+    split = split_for(req.goal, req.days_per_week)
+    if plan.split != split or [s.day for s in plan.sessions] != list(SPLIT_DAYS[split]):
+        problems.append(f"split {plan.split} {[s.day for s in plan.sessions]}; the standard says {split}")
+    for session in plan.sessions:
+        names = [normalize_name(e.name) for e in session.all_exercises()]
         if len(set(names)) != len(names):
-            problems.append(f"duplicate exercise in {block}")
-        for e in exs:
-            ce = cat.get(e.name)
-            if ce is None:
-                problems.append(f"unknown exercise {e.name!r}")
-                continue
-            if ce.name != e.name:
-                problems.append(f"{e.name!r} is not the exact catalogue spelling {ce.name!r}")
-            if not ce.suits(req.level, req.equipment, req.limitations):
-                problems.append(f"{e.name!r} does not suit the request")
-            if not 1 <= e.sets <= 6 or not 0 <= e.rest_s <= 180:
-                problems.append(f"{e.name!r}: sets/rest out of the sane range")
-            if isinstance(e, TimedExercise):
-                if not 15 <= e.work_s <= 600:
-                    problems.append(f"{e.name!r}: work_s {e.work_s} out of range")
-            elif not 3 <= e.reps <= 25:
-                problems.append(f"{e.name!r}: reps {e.reps} out of range")
-            if block != "main" and e.rest_s > 60:
-                problems.append(f"{e.name!r}: long rest in {block}")
-            if exercise_seconds(e) <= 0:
-                problems.append(f"{e.name!r}: no duration")
+            problems.append(f"duplicate exercise in the {session.day} session")
+        for block, exs in session.blocks().items():
+            for e in exs:
+                ce = cat.get(e.name)
+                if ce is None:
+                    problems.append(f"unknown exercise {e.name!r}")
+                    continue
+                if ce.name != e.name:
+                    problems.append(f"{e.name!r} is not the exact catalogue spelling {ce.name!r}")
+                if not ce.suits(req.level, req.equipment, req.limitations):
+                    problems.append(f"{e.name!r} does not suit the request")
+                if exercise_seconds(e) <= 0:
+                    problems.append(f"{e.name!r}: no duration")
+                if block == "warmup":
+                    if not (ce.warmup_ok and isinstance(e, TimedExercise) and e.sets == 1):
+                        problems.append(f"{e.name!r} is not a timed warm-up drill or easy cardio")
+                    continue
+                if block == "cooldown":
+                    if not (ce.cooldown_ok and isinstance(e, TimedExercise)):
+                        problems.append(f"{e.name!r} is not a timed static stretch")
+                    continue
+                pres = prescription_for(req.goal, req.level, ce.role)
+                if pres is None:
+                    problems.append(f"{e.name!r}: {ce.role} work is not part of a {req.goal} session")
+                    continue
+                reps = None if isinstance(e, TimedExercise) else e.reps
+                work = e.work_s if isinstance(e, TimedExercise) else None
+                if pres.timed != isinstance(e, TimedExercise) or not pres.admits(
+                    e.sets, e.rest_s, reps, work
+                ):
+                    problems.append(
+                        f"{e.name!r}: outside the {req.level} {req.goal} standard ({pres.describe()})"
+                    )
+                if not fits_day(session.day, ce.primary_muscles, ce.force):
+                    problems.append(f"{e.name!r} does not belong on a {session.day} day")
     return problems
 
 
@@ -215,14 +234,22 @@ def test_domain_rule_check_catches_a_bad_plan(
 ) -> None:
     """The check above can fail: a stretched, mis-equipped copy of a shipped plan is rejected."""
     req, plan, _ = pairs[0]
+    assert req.equipment == ["body only"] and req.goal == "strength"
     bad = plan.model_copy(deep=True)
-    bad.session.main[0].sets = 8
-    bad.session.main.append(bad.session.main[0].model_copy(update={"name": "Barbell Back Squat"}))
-    bad.session.main.append(bad.session.main[0].model_copy(update={"name": "Moon Walk"}))
+    main = bad.sessions[0].main
+    main[0].sets = 8
+    main.append(main[0].model_copy(update={"name": "Barbell Back Squat"}))
+    main.append(main[0].model_copy(update={"name": "Moon Walk"}))
+    bad.sessions[0].warmup[0].name = "Burpee"
+    bad.days_per_week = 4
     problems = " | ".join(domain_problems(req, bad, catalogue))
-    assert "computed" in problems
+    assert "session 1 computed" in problems
     assert "'Barbell Back Squat' does not suit" in problems
     assert "unknown exercise 'Moon Walk'" in problems
+    assert "outside the beginner strength standard" in problems  # 8 sets
+    assert "'Burpee' is not a timed warm-up drill" in problems
+    assert "days_per_week differs" in problems
+    assert "split full_body" not in problems  # the split follows the request, not the plan's days
 
 
 @pytest.mark.unit
@@ -230,7 +257,8 @@ def test_shipped_pairs_are_varied(pairs: list[tuple[RequestSpec, WorkoutPlanResp
     reqs = [r for r, _, _ in pairs]
     assert len({r.key() for r in reqs}) == len(reqs)
     assert len({r.goal for r in reqs}) == 6
-    assert {r.minutes for r in reqs} == set(MINUTES_CHOICES)
+    assert {r.minutes for r in reqs} <= set(MINUTES_CHOICES) and len({r.minutes for r in reqs}) >= 5
+    assert {p.split for _, p, _ in pairs} == {"full_body", "upper_lower", "push_pull_legs"}
     assert {r.level for r in reqs} == set(LEVELS)
     assert any(r.limitations for r in reqs)
     assert set(REQUIRED_EQUIPMENT) <= {e for r in reqs for e in r.equipment}
@@ -240,9 +268,12 @@ def test_shipped_pairs_are_varied(pairs: list[tuple[RequestSpec, WorkoutPlanResp
 def test_shipped_plans_are_compact(shipped: IngestResult) -> None:
     for text in shipped.pairs["plan_json"]:
         plan = json.loads(text)
-        for block in plan["session"].values():
-            for e in block:
-                assert not {"equipment", "muscles", "notes"} & set(e), e
+        assert "session" not in plan and plan["sessions"]
+        for session in plan["sessions"]:
+            assert set(session) == {"day", "warmup", "main", "cooldown"}
+            for block in ("warmup", "main", "cooldown"):
+                for e in session[block]:
+                    assert not {"equipment", "muscles", "notes"} & set(e), e
 
 
 @pytest.mark.unit

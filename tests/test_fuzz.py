@@ -17,7 +17,7 @@ cases without one get 8; invalid values (0, negative, > 2048, strings) are sent 
 
 Pass criteria: >= 1,000 cases sent, no response >= 500 (schemathesis's
 ``not_a_server_error`` check plus our own status check; the queue is sized so 503 cannot
-happen), every 200 from ``/generate`` matches :class:`InferenceResponse`, both model routes
+happen), every 200 from ``/generate`` matches :class:`GenerateResponse`, both model routes
 answered 200 many times, the server log holds no request error, and ``/health`` is still 200.
 The status histogram is printed and attached to the report (``record_property``).
 
@@ -43,7 +43,7 @@ import httpx
 import pytest
 import requests
 
-from pumpl_assets.core.schemas import InferenceResponse
+from pumpl_serving.api import GenerateResponse
 from pumpl_serving.testing import ServerProcess, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -278,9 +278,9 @@ def send_cases(url: str, items: list[tuple[str, str, Any]]) -> list[Outcome]:
             failure = f"status {resp.status_code}"
         if failure is None and case.path == GENERATE and resp.status_code == 200:
             try:
-                InferenceResponse.model_validate(resp.json())
+                GenerateResponse.model_validate(resp.json())
             except Exception as exc:
-                failure = f"200 body does not match InferenceResponse: {exc}"
+                failure = f"200 body does not match GenerateResponse: {exc}"
         return Outcome(variant, case, mode, resp.status_code, dt, failure, resp.text[:300])
 
     with cf.ThreadPoolExecutor(CLIENT_THREADS) as pool:

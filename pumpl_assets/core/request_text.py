@@ -368,7 +368,7 @@ _PROBLEM = re.compile(
     r"busted|wonky|creaky|cranky|recover\w*|rehab\w*|tweak\w*|strain\w*|sprain\w*|pull(?:ed)?|gives? out|"
     r"careful|easy on|go easy|protect\w*|spare|friendly|gentle on|impinge\w*|dislocat\w*|herniat\w*|bulging|"
     r"fractur\w*|broke|broken|niggl\w*|twinge\w*|flare\w*|acting up|not great|messed up|screwed up|stiff|"
-    r"condition|limited|limitation\w*|killing|wrecked|shot|bother\w*|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
+    r"condition|limited|limitation\w*|killing|wrecked|shot|bother\w*|bug(?:s|ging|ged)|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
 )
 _LIM_NEG_BEFORE = r"\b(?:no|without|zero|never had|don't have|do not have|dont have|not any|free of)\s+(?:\w+\s+){0,3}?(?:{part})"
 _LIM_FINE_AFTER = (
@@ -376,7 +376,7 @@ _LIM_FINE_AFTER = (
     r"(?:fine|ok|okay|good|great|healthy|perfect|strong|solid|alright|all right|100)"
 )
 _NO_JUMP = re.compile(
-    r"no (?:jumping|jumps|jump\w*|plyo\w*|impact)|low[- ]impact|without (?:jumping|jumps|impact)|can't jump|cannot jump|"
+    r"no (?:jumping|jumps|jump\w*|plyo\w*|impact)|(?:can't|cannot|unable to|no) kneel\w*|low[- ]impact|without (?:jumping|jumps|impact)|can't jump|cannot jump|"
     r"joint[- ]friendly|easy on (?:the|my) joints|nothing (?:that involves )?jump\w*|avoid (?:jumping|jumps|impact)|"
     r"don't jump|no high[- ]impact"
 )
@@ -390,7 +390,10 @@ _FOCUS_TERMS: list[tuple[str, str]] = [
     ),
     ("lower", r"lower[ _-]?body|lower half|legs?|leg day|quads|hamstrings|calves|thighs"),
     ("glutes", r"glutes?|booty|butt|bum|peach|behind|backside|hip thrust\w*"),
-    ("arms", r"arms|arm[- ](?:focused|day|work|workout)|biceps?|triceps?|guns|bis|tris|forearms"),
+    (
+        "arms",
+        r"arms|arm[- ](?:focused|day|work|workout|blaster|session|routine|pump)|biceps?|triceps?|guns|bis|tris|forearms",
+    ),
     ("core", r"core|abs|ab\b|six[- ]?pack|stomach|midsection|obliques|abdominals?|tummy|flat belly"),
 ]
 
@@ -465,7 +468,7 @@ def _days(t: str) -> tuple[int, str] | None:
         (r"\b(?:a )?few (?:days|times|sessions|workouts) (?:a|per|each|every) ?(?:week|wk)\b", lambda m: 3),
         (r"\b([1-7])\s*(?:-|to|or|/)\s*[1-7]\s*(?:x|days?|times?|sessions?|workouts?)?\s*(?:a|per|/|each|every|in a)\s*(?:week|wk)\b",
          lambda m: int(m.group(1))),
-        (r"\b([1-7])\s*(?:x|days?|times?|sessions?|workouts?|trainings?|d)\s*(?:a|per|/|each|every|in a|in the)?\s*(?:week|wk)\b",
+        (r"\b([1-7])\s*(?:x|days?|times?|sessions?|workouts?|trainings?|runs|rides|swims|classes|d)\s*(?:a|per|/|each|every|in a|in the)?\s*(?:week|wk)\b",
          lambda m: int(m.group(1))),
         (r"\b([1-7])x\b(?!\s*\d)", lambda m: int(m.group(1))),
         (r"\b([1-7])[- ]?days?[- ]split\b", lambda m: int(m.group(1))),

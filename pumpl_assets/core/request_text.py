@@ -572,25 +572,21 @@ def _limitations(t: str) -> tuple[list[str], str] | None:
             follow = clauses[ci + 1] if ci + 1 < len(clauses) else ""
             if re.match(r"\s*(?:it|it's|its|they|they're|which)\b", follow):
                 clause = clause + " " + follow
+            # A problem word anywhere in the clause (not a wish to prevent one): computed once per clause.
+            if not _PROBLEM.search(clause) or re.search(r"\bprevent\w*|\bavoid (?:an? )?injur", clause):
+                continue
+            back_ok = lim != "lower back" or bool(
+                re.search(
+                    r"\b(?:my|bad|sore|hurt\w*|injur\w*|lower|low|the)\s+back\b|\bback (?:pain|problems?|issues?|injur\w*|hurts|is)",
+                    clause,
+                )
+            )
             for pm in re.finditer(r"\b(?:" + part + r")\b", clause):
                 s, e = start + pm.start(), start + pm.end()
-                if negated(s, e):
+                if negated(s, e) or (pm.group(0) == "back" and not back_ok):
                     continue
-                if (
-                    lim == "lower back"
-                    and pm.group(0) == "back"
-                    and not re.search(
-                        r"\b(?:my|bad|sore|hurt\w*|injur\w*|lower|low|the)\s+back\b|\bback (?:pain|problems?|issues?|injur\w*|hurts|is)",
-                        clause,
-                    )
-                ):
-                    continue
-                prob = _PROBLEM.search(clause)
-                if prob and re.search(r"\bprevent\w*|\bavoid (?:an? )?injur", clause):
-                    prob = None  # "to prevent injury" is a wish, not a condition
-                if prob:
-                    found[lim], pos[lim] = clause.strip(), s
-                    break
+                found[lim], pos[lim] = clause.strip(), s
+                break
             if lim in found:
                 break
     if "knees" not in found:
@@ -624,7 +620,7 @@ def _focus(t: str, limitations: list[str]) -> tuple[str, str] | None:
     for label, pat in _FOCUS_TERMS:
         for m in re.finditer(r"\b(?:" + pat + r")\b", t):
             word = m.group(0)
-            if _negated(t, m.start()) or _FINE.match(t[m.end() :]):
+            if _negated(t, m.start()) or _FINE.match(t[m.end() : m.end() + 60]):
                 continue
             # A body part named as a problem is a limitation, not a focus.
             if word == "shoulders" and "shoulders" in limitations:
@@ -874,6 +870,11 @@ def phrase_request(spec: RequestSpec, rng: random.Random) -> str:
     body = sep.join(parts)
     text = head + (sep + body if body else "") + rng.choice([".", "", "!", " please."])
     return text.lower() if rng.random() < 0.1 else text
+
+
+def phrase_for(spec: RequestSpec, seed: int | str = 0) -> str:
+    """A phrasing of ``spec`` that depends only on (spec, seed): stable across reruns of a data step."""
+    return phrase_request(spec, random.Random(f"pumpl-phrase:{seed}:{spec.key()}"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Every operation in ``/openapi.json`` (``/generate``, ``/v1/chat/completions``, `
 
 Generation length is bounded so ~1,300 cases finish in minutes on two shared CPU cores: any
 *valid* ``max_tokens`` / ``max_completion_tokens`` (1..2048) is mapped into 1..8 and chat
-cases without one get 8; invalid values (0, negative, > 2048, strings) are sent unchanged.
+and ``/generate`` cases without one get 8; invalid values (0, negative, > 2048, strings) are sent unchanged.
 
 Pass criteria: >= 1,000 cases sent, no response >= 500 (schemathesis's
 ``not_a_server_error`` check plus our own status check; the queue is sized so 503 cannot
@@ -202,6 +202,10 @@ def bound_generation(case: Any) -> None:
         if v == int(v) and MAX_NEW_TOKENS < v <= 2048:
             body[key] = type(v)(1 + int(v) % MAX_NEW_TOKENS)
     if case.path == CHAT and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = MAX_NEW_TOKENS
+    # Every /generate prompt is now a plan request decoded under its grammar: without a budget the
+    # default (448 tokens) would decode a whole plan per case.
+    if case.path == GENERATE and "max_tokens" not in body:
         body["max_tokens"] = MAX_NEW_TOKENS
 
 

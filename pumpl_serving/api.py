@@ -10,10 +10,23 @@ prompt style (``PUMPL_PROMPT_STYLE`` honoured) and system prompt (the request's
 ``system_prompt``, else ``PUMPL_SYSTEM_PROMPT``, else the built-in one): the same code
 training uses.
 
-Constrained decoding is on by default when the prompt parses as a plan request
-(:func:`pumpl_assets.core.prompts.prompt_to_request`) or ``equipment``/``level`` are given;
-the JSON schema is :func:`pumpl_assets.core.grammar.request_plan_schema` (exercise names
-restricted to what the person's level, equipment and limitations allow).
+Every plan request is read from plain language: the prompt (chat: the last user message) goes
+through :func:`pumpl_assets.core.request_text.parse_request` (the parser training uses), the
+model sees the canonical line :func:`pumpl_assets.core.prompts.request_to_prompt` renders (as in
+training), and the response says back what was understood (``request``: the spec,
+``defaults_used`` and ``evidence``). A client corrects it with a ``request`` object in the
+``/generate`` body (any subset of :class:`RequestSpec`'s fields; validated, 422 naming the field)
+or the ``equipment``/``level`` fields; both override what the text says. Constrained decoding is
+on by default for plan requests (``constrained: false`` turns it off); the JSON schema is
+:func:`pumpl_assets.core.grammar.request_plan_schema` (exercise names restricted to what the
+person's level, equipment and limitations allow).
+
+``raw: true`` on ``/generate`` (or ``response_format: json_schema`` on the chat route) sends the
+text to the model as typed instead: no request is read, and only an explicit ``constrained:
+true`` (``/generate``) or the caller's schema (chat) constrains it.
+
+Chat: the understood request travels as a ``pumpl`` extension object, ``{"request": {...}}`` — a
+top-level field of the non-streamed response, and of the FIRST streamed chunk.
 
 This module deliberately does not use ``from __future__ import annotations``: LitServe
 and FastAPI read the real classes from ``decode_request`` / ``chat_completion`` signatures.
@@ -31,11 +44,22 @@ from typing import Any
 import litserve as ls
 from fastapi import BackgroundTasks, HTTPException
 from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
-from pydantic import ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse
 
 from pumpl_assets.core import prompts, settings
-from pumpl_assets.core.schemas import InferenceRequest, RequestSpec, WorkoutPlanResponse
+from pumpl_assets.core.request_text import UnderstoodRequest, parse_request
+from pumpl_assets.core.schemas import (
+    Equipment,
+    Focus,
+    Goal,
+    InferenceRequest,
+    InferenceResponse,
+    Level,
+    Limitation,
+    RequestSpec,
+    WorkoutPlanResponse,
+)
 from pumpl_serving.config import CHAT_PATH, GENERATE_PATH, ServeConfig
 from pumpl_serving.model_source import EngineSlot, Loaded, ModelRef, RegistryPoller, RegistrySource
 
@@ -45,8 +69,29 @@ MAX_TOKENS_LIMIT = 2048
 MAX_CHAT_CHARS = 12_000
 
 
+class RequestCorrection(BaseModel):
+    """Fields of a :class:`RequestSpec` a client sets to correct what was read from the text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: Goal | None = None
+    minutes: int | None = Field(default=None, ge=10, le=120)
+    level: Level | None = None
+    equipment: list[Equipment] | None = Field(default=None, min_length=1, max_length=12)
+    days_per_week: int | None = Field(default=None, ge=1, le=7)
+    limitations: list[Limitation] | None = Field(default=None, max_length=4)
+    focus: Focus | None = None
+
+
 class GenerateRequest(InferenceRequest):
-    """:class:`InferenceRequest` plus the one rule a JSON schema cannot say: a prompt is not blank."""
+    """:class:`InferenceRequest` plus the plan-request extensions of this server.
+
+    ``request`` corrects the request read from the prompt (its set fields win); ``raw`` sends the
+    prompt to the model as typed (no request read). A prompt must not be blank.
+    """
+
+    request: RequestCorrection | None = None
+    raw: bool = False
 
     @field_validator("prompt")
     @classmethod
@@ -87,33 +132,62 @@ def load_catalogue(partition: str, explicit: str | None = None) -> tuple[Any, st
     return None, None
 
 
-def plan_request(req: InferenceRequest) -> tuple[bool, RequestSpec | None]:
-    """(constrained?, the request the grammar is built for).
+class GenerateResponse(InferenceResponse):
+    """:class:`InferenceResponse` plus ``request``: what the server understood (None for ``raw``)."""
 
-    ``equipment``/``level`` in the body override what the prompt says; with neither in the
-    prompt nor the body the request is None (free-form prompt).
+    request: dict[str, Any] | None = None
+
+
+def understand(
+    text: str,
+    correction: RequestCorrection | None = None,
+    *,
+    equipment: list[str] | None = None,
+    level: str | None = None,
+) -> UnderstoodRequest:
+    """The request read from ``text``, with a client's corrections applied (they win).
+
+    Raises ``pydantic.ValidationError`` when the corrected request is not a valid RequestSpec.
     """
-    parsed = prompts.prompt_to_request(req.prompt)
-    spec = parsed
-    if req.equipment or req.level:
-        base: dict[str, Any] = (
-            parsed.model_dump()
-            if parsed is not None
-            else {
-                "goal": "general_fitness",
-                "minutes": 30,
-                "level": "beginner",
-                "days_per_week": 3,
-                "equipment": ["body only"],
-            }
-        )
-        if req.equipment:
-            base["equipment"] = list(req.equipment)
-        if req.level:
-            base["level"] = req.level
-        spec = RequestSpec.model_validate(base)
-    constrained = req.constrained if req.constrained is not None else spec is not None
-    return constrained, spec
+    understood = parse_request(text)
+    fields: dict[str, Any] = correction.model_dump(exclude_unset=True) if correction is not None else {}
+    if equipment:
+        fields["equipment"] = list(equipment)
+    if level:
+        fields["level"] = level
+    if not fields:
+        return understood
+    spec = RequestSpec.model_validate({**understood.spec.model_dump(), **fields})
+    evidence = {k: v for k, v in understood.evidence.items() if k not in fields}
+    evidence.update(dict.fromkeys(fields, "set by the client"))
+    return UnderstoodRequest(
+        spec=spec,
+        defaults_used=[f for f in understood.defaults_used if f not in fields],
+        evidence=evidence,
+    )
+
+
+def plan_request(req: InferenceRequest) -> tuple[bool, UnderstoodRequest | None]:
+    """(constrained?, the understood request the prompt and grammar are built from).
+
+    Every prompt is a plan request unless ``raw`` is set (then the request is None and only an
+    explicit ``constrained: true`` constrains, to every catalogue name).
+    """
+    if getattr(req, "raw", False):
+        return bool(req.constrained), None
+    understood = understand(
+        req.prompt,
+        getattr(req, "request", None),
+        equipment=list(req.equipment) if req.equipment else None,
+        level=req.level,
+    )
+    constrained = req.constrained if req.constrained is not None else True
+    return constrained, understood
+
+
+def model_user_message(prompt: str, understood: UnderstoodRequest | None) -> str:
+    """What the model's user turn holds: the canonical request line (as in training), or the raw text."""
+    return prompts.request_to_prompt(understood.spec) if understood is not None else prompt
 
 
 def model_max_positions(model_path: str | Path) -> int | None:
@@ -311,6 +385,7 @@ class _ModelWorker:
 class _Job:
     req: InferenceRequest
     received: float
+    understood: UnderstoodRequest | None = None
     prompt: str = ""
     params: Any = None
     schema: dict[str, Any] | None = None
@@ -351,8 +426,10 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
             for job in jobs:
                 r = job.req
                 try:
-                    constrained, spec = plan_request(r)
-                    job.prompt = self._render(engine, r.prompt, r.system_prompt)
+                    constrained, job.understood = plan_request(r)
+                    spec = job.understood.spec if job.understood is not None else None
+                    user = model_user_message(r.prompt, job.understood)
+                    job.prompt = self._render(engine, user, r.system_prompt)
                     _, max_new = self._budget(engine, job.prompt, r.max_tokens)
                     job.schema = self._schema_for(spec) if constrained else None
                     job.params = GenerationParams(
@@ -366,7 +443,7 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                 except ItemError as exc:
                     job.error = exc
                 except ValidationError as exc:
-                    job.error = ItemError(422, f"equipment/level do not form a valid request: {exc}")
+                    job.error = ItemError(422, f"the corrected request is not valid: {_errors(exc)}")
             by_job: dict[int, Any] = {}
             try:
                 gens = (
@@ -420,6 +497,7 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                             "alias": loaded.ref.alias,
                         },
                         "latency_ms": round((now - job.received) * 1000.0, 2),
+                        "request": job.understood.to_dict() if job.understood is not None else None,
                         "finish_reason": g.finish_reason,
                         "constrained": job.schema is not None,
                     }
@@ -435,9 +513,7 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
             return JSONResponse(status_code=output.status, content={"detail": output.message})
         finish = output.pop("finish_reason")
         constrained = output.pop("constrained")
-        from pumpl_assets.core.schemas import InferenceResponse
-
-        resp = InferenceResponse.model_validate(output)  # the documented response shape, checked
+        resp = GenerateResponse.model_validate(output)  # the documented response shape, checked
         body = resp.model_dump(mode="json")
         body["plan"] = resp.plan.model_dump(mode="json", exclude_none=True) if resp.plan is not None else None
         return JSONResponse(
@@ -465,12 +541,44 @@ def _text_of(content: Any) -> str:
     return "".join(parts)
 
 
+def _errors(exc: ValidationError) -> str:
+    """``field: message`` for each error, without echoing input values."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors())
+
+
 def _bad(msg: str, status: int = 400) -> HTTPException:
     return HTTPException(status, msg)
 
 
+PUMPL_KEY = "pumpl"
+
+
+class _ExtensionTap:
+    """Wraps one choice's (response, status) stream; lifts the ``pumpl`` key out of the messages."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self.ext: dict[str, Any] | None = None
+
+    async def __aiter__(self) -> Any:
+        async for response, status in self.source:
+            if isinstance(response, str) and f'"{PUMPL_KEY}"' in response:
+                try:
+                    msg = json.loads(response)
+                except ValueError:
+                    msg = None
+                if isinstance(msg, dict) and PUMPL_KEY in msg:
+                    ext = msg.pop(PUMPL_KEY)
+                    if self.ext is None and isinstance(ext, dict):
+                        self.ext = ext
+                    response = json.dumps(msg)
+            yield response, status
+
+
 class PumplOpenAISpec(OpenAISpec):
-    """OpenAISpec that rejects what this server cannot honour with a 4xx before queueing it."""
+    """OpenAISpec that rejects what this server cannot honour with a 4xx before queueing it, and
+    returns the understood plan request as a ``pumpl`` extension object (non-streamed: a top-level
+    field of the response; streamed: a top-level field of the first chunk)."""
 
     async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks):
         validate_chat_request(request)
@@ -480,6 +588,28 @@ class PumplOpenAISpec(OpenAISpec):
         if request.model is None:
             request.model = ""
         return await super().chat_completion(request, background_tasks)
+
+    async def non_streaming_completion(self, request: ChatCompletionRequest, generator_list: list[Any]):
+        taps = [_ExtensionTap(g) for g in generator_list]
+        resp = await super().non_streaming_completion(request, taps)
+        body = resp.model_dump(mode="json")
+        body[PUMPL_KEY] = taps[0].ext if taps and taps[0].ext is not None else {"request": None}
+        return JSONResponse(content=body)
+
+    async def streaming_completion(self, request: ChatCompletionRequest, pipe_responses: list[Any]):
+        taps = [_ExtensionTap(p) for p in pipe_responses]
+        first = True
+        async for line in super().streaming_completion(request, taps):
+            if first and line.startswith("data: {") and taps and taps[0].ext is not None:
+                try:
+                    chunk = json.loads(line[len("data: ") :])
+                except ValueError:
+                    chunk = None
+                if isinstance(chunk, dict) and "choices" in chunk:
+                    chunk[PUMPL_KEY] = taps[0].ext
+                    line = f"data: {json.dumps(chunk)}\n\n"
+                    first = False
+            yield line
 
 
 def validate_chat_request(request: ChatCompletionRequest) -> None:
@@ -537,14 +667,23 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
     def setup(self, device):
         self._setup_model(device)
 
-    def _chat_prompt(self, engine: Any, request: ChatCompletionRequest) -> tuple[str, str]:
-        """(rendered prompt, last user text). Single-turn uses render_prompt exactly like training."""
+    def _chat_prompt(
+        self, engine: Any, request: ChatCompletionRequest, understood: UnderstoodRequest | None
+    ) -> str:
+        """The rendered prompt.
+
+        A plan request (``understood``) is one turn holding the canonical request line, rendered
+        by render_prompt exactly like training (earlier turns are not shown to the model: it was
+        trained on single requests). A raw conversation keeps every turn (the chat template).
+        """
         systems = [_text_of(m.content) for m in request.messages if m.role == "system"]
         system = "\n\n".join(s for s in systems if s) or None
         turns = [(m.role, _text_of(m.content)) for m in request.messages if m.role != "system"]
         last_user = next(t for r, t in reversed(turns) if r == "user")
+        if understood is not None:
+            return self._render(engine, model_user_message(last_user, understood), system)
         if len(turns) == 1:
-            return self._render(engine, last_user, system), last_user
+            return self._render(engine, last_user, system)
         system = settings.system_prompt() if system is None else system
         if self.prompt_style == "mistral_inst":
             text, first = "<s>", True
@@ -555,7 +694,7 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
                     first = False
                 else:
                     text += f" {content}</s>"
-            return text, last_user
+            return text
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": r, "content": c} for r, c in turns
         ]
@@ -565,7 +704,7 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
             raise ItemError(
                 400, f"cannot format this conversation with the model's chat template: {exc}"
             ) from exc
-        return str(rendered), last_user
+        return str(rendered)
 
     def predict(self, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
         from pumpl_assets.core.generation import GenerationParams
@@ -574,18 +713,21 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
         with self.slot.lease() as loaded:
             engine = loaded.engine
             try:
-                prompt, user = self._chat_prompt(engine, request)
-                max_tokens = request.max_completion_tokens or request.max_tokens or 320
-                n_prompt, max_new = self._budget(engine, prompt, max_tokens)
                 schema: dict[str, Any] | None = None
+                understood: UnderstoodRequest | None = None
                 rf = request.response_format
                 rf_type = getattr(rf, "type", None)
-                if rf_type == "json_schema":
+                if rf_type == "json_schema":  # the caller's own schema: a raw conversation
                     schema = dict(rf.json_schema.schema_)  # type: ignore[union-attr,arg-type]
-                elif rf_type == "json_object" or rf_type is None:
-                    constrained, spec = plan_request(InferenceRequest(prompt=user))
-                    if rf_type == "json_object" or constrained:
-                        schema = self._schema_for(spec)
+                else:  # a plan request read from the last user message
+                    last_user = next(
+                        _text_of(m.content) for m in reversed(request.messages) if m.role == "user"
+                    )
+                    understood = parse_request(last_user)
+                    schema = self._schema_for(understood.spec)
+                prompt = self._chat_prompt(engine, request, understood)
+                max_tokens = request.max_completion_tokens or request.max_tokens or 448
+                n_prompt, max_new = self._budget(engine, prompt, max_tokens)
             except ItemError as exc:
                 self.metrics["item_errors"] += 1
                 raise HTTPException(exc.status, exc.message) from exc
@@ -597,11 +739,14 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
                 stop=[stop] if isinstance(stop, str) else stop,
             )
             pieces: list[str] = []
+            # The understood request rides on the first message (PumplOpenAISpec moves it to `pumpl`).
+            ext: dict[str, Any] = {PUMPL_KEY: {"request": understood.to_dict() if understood else None}}
             try:
                 stream = engine.stream(prompt, params, schema)
                 for piece in stream:
                     pieces.append(piece)
-                    yield {"role": "assistant", "content": piece}
+                    yield {"role": "assistant", "content": piece, **ext}
+                    ext = {}
             except ValueError as exc:
                 raise HTTPException(422, f"cannot generate with this request: {exc}") from exc
             text = "".join(pieces)
@@ -614,5 +759,6 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
                 "prompt_tokens": n_prompt,
                 "completion_tokens": n_completion,
                 "total_tokens": n_prompt + n_completion,
+                **ext,
             }
         self._publish()

@@ -13,11 +13,11 @@ Every operation in ``/openapi.json`` (``/generate``, ``/v1/chat/completions``, `
 
 Generation length is bounded so ~1,300 cases finish in minutes on two shared CPU cores: any
 *valid* ``max_tokens`` / ``max_completion_tokens`` (1..2048) is mapped into 1..8 and chat
-cases without one get 8; invalid values (0, negative, > 2048, strings) are sent unchanged.
+and ``/generate`` cases without one get 8; invalid values (0, negative, > 2048, strings) are sent unchanged.
 
 Pass criteria: >= 1,000 cases sent, no response >= 500 (schemathesis's
 ``not_a_server_error`` check plus our own status check; the queue is sized so 503 cannot
-happen), every 200 from ``/generate`` matches :class:`InferenceResponse`, both model routes
+happen), every 200 from ``/generate`` matches :class:`GenerateResponse`, both model routes
 answered 200 many times, the server log holds no request error, and ``/health`` is still 200.
 The status histogram is printed and attached to the report (``record_property``).
 
@@ -43,7 +43,7 @@ import httpx
 import pytest
 import requests
 
-from pumpl_assets.core.schemas import InferenceResponse
+from pumpl_serving.api import GenerateResponse
 from pumpl_serving.testing import ServerProcess, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -203,6 +203,10 @@ def bound_generation(case: Any) -> None:
             body[key] = type(v)(1 + int(v) % MAX_NEW_TOKENS)
     if case.path == CHAT and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = MAX_NEW_TOKENS
+    # Every /generate prompt is now a plan request decoded under its grammar: without a budget the
+    # default (448 tokens) would decode a whole plan per case.
+    if case.path == GENERATE and "max_tokens" not in body:
+        body["max_tokens"] = MAX_NEW_TOKENS
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,9 +282,9 @@ def send_cases(url: str, items: list[tuple[str, str, Any]]) -> list[Outcome]:
             failure = f"status {resp.status_code}"
         if failure is None and case.path == GENERATE and resp.status_code == 200:
             try:
-                InferenceResponse.model_validate(resp.json())
+                GenerateResponse.model_validate(resp.json())
             except Exception as exc:
-                failure = f"200 body does not match InferenceResponse: {exc}"
+                failure = f"200 body does not match GenerateResponse: {exc}"
         return Outcome(variant, case, mode, resp.status_code, dt, failure, resp.text[:300])
 
     with cf.ThreadPoolExecutor(CLIENT_THREADS) as pool:

@@ -101,11 +101,14 @@ def test_health_and_info(
 
 
 @pytest.mark.integration
-def test_generate_free_form(http: httpx.Client, tiny_model_dir: Path):
-    r = http.post("/generate", json={"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0})
+def test_generate_raw_free_form(http: httpx.Client, tiny_model_dir: Path):
+    """``raw: true``: the prompt goes to the model as typed, no request is read, nothing constrains it."""
+    raw = {"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0, "raw": True}
+    r = http.post("/generate", json=raw)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"text", "plan", "usage", "model", "latency_ms"}
+    assert set(body) == {"text", "plan", "usage", "model", "latency_ms", "request"}
+    assert body["request"] is None
     assert isinstance(body["text"], str)
     assert body["plan"] is None  # a free-form answer of a random model is no plan
     u = body["usage"]
@@ -116,11 +119,11 @@ def test_generate_free_form(http: httpx.Client, tiny_model_dir: Path):
     assert r.headers["x-constrained"] == "false"
     # The request's system prompt replaces the default one in the rendered prompt.
     sys_long = http.post(
-        "/generate", json={"prompt": "Say hello", "max_tokens": 2, "system_prompt": "You are terse. " * 20}
+        "/generate", json={**raw, "max_tokens": 2, "system_prompt": "You are terse. " * 20}
     ).json()
     assert sys_long["usage"]["prompt_tokens"] > u["prompt_tokens"] + 40
     # Greedy is deterministic: the same request gives the same text.
-    again = http.post("/generate", json={"prompt": "Say hello", "max_tokens": 12, "temperature": 0.0}).json()
+    again = http.post("/generate", json=raw).json()
     assert again["text"] == body["text"]
 
 
@@ -154,6 +157,9 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
     body = r.json()
     plan = parse_plan(body["text"])  # raises if not schema-valid
     assert body["plan"] is not None and body["plan"]["title"] == plan.title
+    # The canonical layout is read exactly and said back.
+    said = {k: v for k, v in body["request"].items() if k not in ("defaults_used", "evidence")}
+    assert RequestSpec.model_validate(said) == spec and body["request"]["defaults_used"] == ["focus"]
     cat = _catalogue_for(info)
     if cat is not None:
         allowed = set(allowed_exercise_names(spec, cat))
@@ -183,10 +189,98 @@ def test_constrained_from_body_fields_and_opt_out(http: httpx.Client, info: dict
             goal="general_fitness", minutes=30, level="beginner", equipment=["kettlebells"], days_per_week=3
         )
         assert {e.name for e in plan.all_exercises()} <= set(allowed_exercise_names(req, cat))
+    said = r.json()["request"]
+    assert said["equipment"] == ["body only", "kettlebells"] and said["level"] == "beginner"
+    assert said["evidence"]["equipment"] == "set by the client" and "level" not in said["defaults_used"]
     off = http.post(
         "/generate", json={"prompt": request_to_prompt(SPECS[0]), "constrained": False, "max_tokens": 8}
     )
     assert off.status_code == 200 and off.headers["x-constrained"] == "false"
+    assert off.json()["request"]["goal"] == SPECS[0].goal  # still read, just not constrained
+
+
+@pytest.mark.integration
+def test_plain_language_request_is_understood_and_said_back(http: httpx.Client, info: dict[str, Any]):
+    r = http.post(
+        "/generate",
+        json={"prompt": "Create a 30-minute HIIT workout", "max_tokens": 2048, "temperature": 0.7, "seed": 3},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-constrained"] == "true" and r.headers["x-finish-reason"] == "stop"
+    body = r.json()
+    req = body["request"]
+    assert (req["goal"], req["minutes"]) == ("fat_loss", 30)
+    assert req["defaults_used"] == ["level", "equipment", "days_per_week", "limitations", "focus"]
+    assert (req["level"], req["equipment"], req["days_per_week"]) == ("beginner", ["body only"], 3)
+    assert req["evidence"] == {"goal": "hiit", "minutes": "30-minute"}
+    plan = parse_plan(body["text"])
+    cat = _catalogue_for(info)
+    if cat is not None:
+        spec = RequestSpec(
+            goal="fat_loss", minutes=30, level="beginner", equipment=["body only"], days_per_week=3
+        )
+        assert {e.name for e in plan.all_exercises()} <= set(allowed_exercise_names(spec, cat))
+    # The model saw the canonical line: the same tokens as sending that line itself.
+    canon = http.post(
+        "/generate",
+        json={
+            "prompt": request_to_prompt(RequestSpec.model_validate(rt_spec(req))),
+            "max_tokens": 2048,
+            "temperature": 0.7,
+            "seed": 3,
+        },
+    ).json()
+    assert canon["usage"]["prompt_tokens"] == body["usage"]["prompt_tokens"] and canon["text"] == body["text"]
+
+    # A request that names nothing gets the defaults, said back.
+    nothing = http.post("/generate", json={"prompt": "just give me something", "max_tokens": 4}).json()
+    assert nothing["request"]["defaults_used"] == [
+        "goal",
+        "minutes",
+        "level",
+        "equipment",
+        "days_per_week",
+        "limitations",
+        "focus",
+    ]
+
+
+def rt_spec(said: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in said.items() if k not in ("defaults_used", "evidence")}
+
+
+@pytest.mark.integration
+def test_client_corrects_the_understood_request(http: httpx.Client, info: dict[str, Any]):
+    body = {
+        "prompt": "Create a 30-minute HIIT workout",
+        "request": {"minutes": 45, "equipment": ["dumbbell"], "limitations": ["knees"], "focus": "core"},
+        "max_tokens": 2048,
+        "temperature": 0.7,
+        "seed": 11,
+    }
+    r = http.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    req = r.json()["request"]
+    assert req["goal"] == "fat_loss"  # read from the text
+    assert (req["minutes"], req["equipment"], req["limitations"], req["focus"]) == (
+        45,
+        ["body only", "dumbbell"],
+        ["knees"],
+        "core",
+    )
+    assert req["defaults_used"] == ["level", "days_per_week"]
+    assert req["evidence"]["minutes"] == "set by the client"
+    plan = parse_plan(r.json()["text"])
+    cat = _catalogue_for(info)
+    if cat is not None:
+        spec = RequestSpec.model_validate(rt_spec(req))
+        assert {e.name for e in plan.all_exercises()} <= set(allowed_exercise_names(spec, cat))
+    # A bad correction is a 422 naming the field; the body field `level` wins over the correction.
+    bad = http.post("/generate", json={**body, "request": {"goal": "flying", "minutes": 500}})
+    assert bad.status_code == 422
+    assert "request.goal" in bad.json()["detail"] and "request.minutes" in bad.json()["detail"]
+    both = http.post("/generate", json={**body, "level": "expert", "max_tokens": 4}).json()
+    assert both["request"]["level"] == "expert"
 
 
 @pytest.mark.integration
@@ -208,20 +302,42 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # greedy: stream and non-stream agree
     assert chunks[-1].choices[0].finish_reason == "stop"
+    # Every chat message is a plan request: the understood request rides in the `pumpl` extension
+    # (top level of the response; top level of the first streamed chunk).
+    said = full.model_extra["pumpl"]["request"]  # type: ignore[index]
+    assert said["defaults_used"] == [
+        "goal",
+        "minutes",
+        "level",
+        "equipment",
+        "days_per_week",
+        "limitations",
+        "focus",
+    ]
+    assert chunks[0].model_extra["pumpl"]["request"] == said  # type: ignore[index]
+    assert all("pumpl" not in (c.model_extra or {}) for c in chunks[1:])
 
-    # A plan request through the OpenAI endpoint is constrained too.
+    # A plan request through the OpenAI endpoint is constrained too, canonical or plain language.
     plan_msgs: list[Any] = [{"role": "user", "content": request_to_prompt(SPECS[0])}]
     res = client.chat.completions.create(model="pumpl", messages=plan_msgs, max_tokens=2048, temperature=0.8)
     parse_plan(res.choices[0].message.content or "")
+    assert res.model_extra["pumpl"]["request"]["goal"] == SPECS[0].goal  # type: ignore[index]
+    hiit: list[Any] = [{"role": "user", "content": "Create a 30-minute HIIT workout"}]
+    res = client.chat.completions.create(model="pumpl", messages=hiit, max_tokens=2048, temperature=0.8)
+    parse_plan(res.choices[0].message.content or "")
+    said = res.model_extra["pumpl"]["request"]  # type: ignore[index]
+    assert (said["goal"], said["minutes"]) == ("fat_loss", 30)
 
-    # Multi-turn history is formatted with the model's chat template.
+    # Multi-turn: the last user message is the request; the model sees it as one canonical turn.
     turns: list[Any] = [
         *msgs,
         {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "And now?"},
+        {"role": "user", "content": "Make it 45 minutes of strength work with dumbbells"},
     ]
     multi = client.chat.completions.create(model="pumpl", messages=turns, max_tokens=4, temperature=0)
-    assert multi.usage is not None and multi.usage.prompt_tokens > full.usage.prompt_tokens
+    said = multi.model_extra["pumpl"]["request"]  # type: ignore[index]
+    assert (said["goal"], said["minutes"], said["equipment"]) == ("strength", 45, ["body only", "dumbbell"])
+    assert multi.usage is not None and multi.usage.prompt_tokens > 5
 
     # response_format json_schema constrains to the caller's schema.
     fmt: Any = {
@@ -241,6 +357,13 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
     )
     parsed = json.loads(js.choices[0].message.content or "")
     assert set(parsed) == {"reps"} and 1 <= parsed["reps"] <= 30
+    assert js.model_extra["pumpl"] == {"request": None}  # type: ignore[index]
+    # ... and keeps the whole conversation (formatted with the model's chat template).
+    raw_multi = client.chat.completions.create(
+        model="pumpl", messages=turns, max_tokens=8, temperature=0.5, response_format=fmt
+    )
+    assert raw_multi.usage is not None and js.usage is not None
+    assert raw_multi.usage.prompt_tokens > js.usage.prompt_tokens
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).chat.completions.create(
@@ -258,7 +381,8 @@ def test_dynamic_batching_under_concurrency(server: ServerProcess, http: httpx.C
     def one(i: int) -> httpx.Response:
         with server.client() as c:
             return c.post(
-                "/generate", json={"prompt": f"Hello number {i}", "max_tokens": 24, "temperature": 0.0}
+                "/generate",
+                json={"prompt": f"Hello number {i}", "max_tokens": 24, "temperature": 0.0, "raw": True},
             )
 
     with cf.ThreadPoolExecutor(n) as pool:
@@ -272,7 +396,7 @@ def test_dynamic_batching_under_concurrency(server: ServerProcess, http: httpx.C
     assert after["max_batch"] > 1
     # Rows of one batch are independent: a batched greedy answer equals the single one.
     solo = http.post(
-        "/generate", json={"prompt": "Hello number 3", "max_tokens": 24, "temperature": 0.0}
+        "/generate", json={"prompt": "Hello number 3", "max_tokens": 24, "temperature": 0.0, "raw": True}
     ).json()
     assert solo["text"] == results[3].json()["text"]
 
@@ -305,20 +429,31 @@ def test_auth_required_and_secrets_not_logged(server: ServerProcess, http: httpx
 
 
 @pytest.mark.unit
-def test_plan_request_decides_constraining():
-    from pumpl_assets.core.schemas import InferenceRequest
-    from pumpl_serving.api import plan_request
+def test_plan_request_reads_every_prompt_unless_raw():
+    from pumpl_serving.api import GenerateRequest, RequestCorrection, model_user_message, plan_request
 
-    on, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[1])))
-    assert on and spec == SPECS[1]
-    off, none = plan_request(InferenceRequest(prompt="Tell me a joke"))
-    assert not off and none is None
-    on, spec = plan_request(InferenceRequest(prompt="Tell me a joke", equipment=["bands"]))
-    assert on and spec is not None and spec.equipment == ["body only", "bands"] and spec.level == "beginner"
-    on, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[0]), level="expert"))
-    assert on and spec is not None and spec.level == "expert" and spec.minutes == SPECS[0].minutes
-    forced_off, spec = plan_request(InferenceRequest(prompt=request_to_prompt(SPECS[0]), constrained=False))
-    assert not forced_off and spec is not None
+    on, u = plan_request(GenerateRequest(prompt=request_to_prompt(SPECS[1])))
+    assert on and u is not None and u.spec == SPECS[1]
+    on, u = plan_request(GenerateRequest(prompt="Tell me a joke"))
+    assert (
+        on
+        and u is not None
+        and u.defaults_used
+        == ["goal", "minutes", "level", "equipment", "days_per_week", "limitations", "focus"]
+    )
+    assert model_user_message("Tell me a joke", u) == request_to_prompt(u.spec)
+    off, none = plan_request(GenerateRequest(prompt="Tell me a joke", raw=True))
+    assert not off and none is None and model_user_message("Tell me a joke", none) == "Tell me a joke"
+    on, u = plan_request(GenerateRequest(prompt="Tell me a joke", equipment=["bands"]))
+    assert on and u is not None and u.spec.equipment == ["body only", "bands"] and u.spec.level == "beginner"
+    on, u = plan_request(GenerateRequest(prompt=request_to_prompt(SPECS[0]), level="expert"))
+    assert on and u is not None and u.spec.level == "expert" and u.spec.minutes == SPECS[0].minutes
+    on, u = plan_request(
+        GenerateRequest(prompt="a 20 min HIIT workout", request=RequestCorrection(minutes=40, focus="arms"))
+    )
+    assert u is not None and (u.spec.goal, u.spec.minutes, u.spec.focus) == ("fat_loss", 40, "arms")
+    forced_off, u = plan_request(GenerateRequest(prompt=request_to_prompt(SPECS[0]), constrained=False))
+    assert not forced_off and u is not None and u.spec == SPECS[0]
 
 
 @pytest.mark.unit
@@ -430,7 +565,7 @@ def test_alias_move_hot_swaps_without_failing_requests(
             "merged",
         )
         # Sampled with a fixed seed (greedy random tiny models all just repeat the last token).
-        probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 1.0, "seed": 5}
+        probe = {"prompt": "Plan my week", "max_tokens": 16, "temperature": 1.0, "seed": 5, "raw": True}
         text_v1 = c.post("/generate", json=probe).json()["text"]
 
         results: list[tuple[int, str | None, float, float]] = []
@@ -441,7 +576,8 @@ def test_alias_move_hot_swaps_without_failing_requests(
                 while not stop.is_set():
                     t0 = time.monotonic()
                     r = lc.post(
-                        "/generate", json={"prompt": "Keep going", "max_tokens": 120, "temperature": 0.0}
+                        "/generate",
+                        json={"prompt": "Keep going", "max_tokens": 120, "temperature": 0.0, "raw": True},
                     )
                     ver = r.json()["model"]["version"] if r.status_code == 200 else None
                     results.append((r.status_code, ver, t0, time.monotonic()))

@@ -90,7 +90,48 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         "application/json",
     ),
     ("body-too-large", "/generate", b'{"prompt": "' + b"a" * (1 << 20) + b'"}', JSON, 413, "exceeds"),
-    ("prompt-over-context", "/generate", ('{"prompt": "' + LONG_WORDS + '"}').encode(), JSON, 413, "context"),
+    (
+        "prompt-over-context",
+        "/generate",
+        ('{"raw": true, "prompt": "' + LONG_WORDS + '"}').encode(),
+        JSON,
+        413,
+        "context",
+    ),
+    (
+        "request-bad-goal",
+        "/generate",
+        b'{"prompt": "hi", "request": {"goal": "flying"}}',
+        JSON,
+        422,
+        "request.goal",
+    ),
+    (
+        "request-bad-minutes",
+        "/generate",
+        b'{"prompt": "hi", "request": {"minutes": 5}}',
+        JSON,
+        422,
+        "request.minutes",
+    ),
+    (
+        "request-unknown-field",
+        "/generate",
+        b'{"prompt": "hi", "request": {"mood": 1}}',
+        JSON,
+        422,
+        "request.mood",
+    ),
+    ("request-wrong-type", "/generate", b'{"prompt": "hi", "request": [1]}', JSON, 422, "request"),
+    (
+        "request-empty-equipment",
+        "/generate",
+        b'{"prompt": "hi", "request": {"equipment": []}}',
+        JSON,
+        422,
+        "equipment",
+    ),
+    ("raw-wrong-type", "/generate", b'{"prompt": "hi", "raw": "maybe"}', JSON, 422, "raw"),
     ("chat-no-messages", "/v1/chat/completions", b'{"messages": []}', JSON, 400, "user message"),
     ("chat-messages-wrong-type", "/v1/chat/completions", b'{"messages": "hi"}', JSON, 422, "messages"),
     (
@@ -185,7 +226,7 @@ def test_server_stays_healthy_and_bad_rows_do_not_fail_their_batch(server: Serve
     """After the battery: still healthy; a bad row batched with good ones fails alone."""
     assert httpx.get(f"{server.url}/health").status_code == 200
     good = {"prompt": "hello", "max_tokens": 8}
-    bad = {"prompt": LONG_WORDS, "max_tokens": 8}
+    bad = {"prompt": LONG_WORDS, "max_tokens": 8, "raw": True}
 
     def post(body: dict[str, Any]) -> httpx.Response:
         return httpx.post(f"{server.url}/generate", json=body, timeout=120)
@@ -196,6 +237,9 @@ def test_server_stays_healthy_and_bad_rows_do_not_fail_their_batch(server: Serve
     info = httpx.get(f"{server.url}/info").json()
     assert info["metrics"]["generate"]["item_errors"] >= 1
     assert "Traceback" not in server.log_text()
+    # A huge plain-language prompt is read, not fed to the model: no context overflow.
+    plan = httpx.post(f"{server.url}/generate", json={"prompt": LONG_WORDS, "max_tokens": 4}, timeout=120)
+    assert plan.status_code == 200 and plan.json()["request"]["defaults_used"][0] == "goal"
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
@@ -231,7 +275,13 @@ def small_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.integration
 def test_queue_full_503_with_retry_after_and_timeout_504(small_server: ServerProcess):
-    slow = {"prompt": "hello", "max_tokens": 2048, "temperature": 1.0, "seed": 1}  # ~1000 tokens: > 1 s
+    slow = {
+        "prompt": "hello",
+        "max_tokens": 2048,
+        "temperature": 1.0,
+        "seed": 1,
+        "raw": True,
+    }  # ~1000 tokens: > 1 s
 
     def post(_: int) -> httpx.Response:
         return httpx.post(f"{small_server.url}/generate", json=slow, timeout=60)

@@ -55,7 +55,7 @@ def test_smollm2_serves_schema_valid_constrained_plan(smollm2_dir: Path, tmp_pat
                     else ExerciseCatalogue.from_json_file(cat_path)
                 )
                 allowed = set(allowed_exercise_names(spec, cat))
-                assert {e.name for e in plan.session.all_exercises()} <= allowed
+                assert {e.name for e in plan.all_exercises()} <= allowed
             tokens = body["usage"]["completion_tokens"]
             print(
                 f"SmolLM2 constrained plan: {tokens} tokens in {latencies[-1]:.2f} s "

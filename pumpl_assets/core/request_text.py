@@ -368,7 +368,7 @@ _PROBLEM = re.compile(
     r"busted|wonky|creaky|cranky|recover\w*|rehab\w*|tweak\w*|strain\w*|sprain\w*|pull(?:ed)?|gives? out|"
     r"careful|easy on|go easy|protect\w*|spare|friendly|gentle on|impinge\w*|dislocat\w*|herniat\w*|bulging|"
     r"fractur\w*|broke|broken|niggl\w*|twinge\w*|flare\w*|acting up|not great|messed up|screwed up|stiff|"
-    r"condition|limited|limitation\w*|killing|wrecked|shot|bother\w*|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
+    r"condition|limited|limitation\w*|killing|wrecked|shot|bother\w*|bug(?:s|ging|ged)|physio\w*|doctor|chiro\w*|osteo\w*|clicks?|clicking|unstable|instability)\b"
 )
 _LIM_NEG_BEFORE = r"\b(?:no|without|zero|never had|don't have|do not have|dont have|not any|free of)\s+(?:\w+\s+){0,3}?(?:{part})"
 _LIM_FINE_AFTER = (
@@ -376,7 +376,7 @@ _LIM_FINE_AFTER = (
     r"(?:fine|ok|okay|good|great|healthy|perfect|strong|solid|alright|all right|100)"
 )
 _NO_JUMP = re.compile(
-    r"no (?:jumping|jumps|jump\w*|plyo\w*|impact)|low[- ]impact|without (?:jumping|jumps|impact)|can't jump|cannot jump|"
+    r"no (?:jumping|jumps|jump\w*|plyo\w*|impact)|(?:can't|cannot|unable to|no) kneel\w*|low[- ]impact|without (?:jumping|jumps|impact)|can't jump|cannot jump|"
     r"joint[- ]friendly|easy on (?:the|my) joints|nothing (?:that involves )?jump\w*|avoid (?:jumping|jumps|impact)|"
     r"don't jump|no high[- ]impact"
 )
@@ -390,7 +390,10 @@ _FOCUS_TERMS: list[tuple[str, str]] = [
     ),
     ("lower", r"lower[ _-]?body|lower half|legs?|leg day|quads|hamstrings|calves|thighs"),
     ("glutes", r"glutes?|booty|butt|bum|peach|behind|backside|hip thrust\w*"),
-    ("arms", r"arms|arm[- ](?:focused|day|work|workout)|biceps?|triceps?|guns|bis|tris|forearms"),
+    (
+        "arms",
+        r"arms|arm[- ](?:focused|day|work|workout|blaster|session|routine|pump)|biceps?|triceps?|guns|bis|tris|forearms",
+    ),
     ("core", r"core|abs|ab\b|six[- ]?pack|stomach|midsection|obliques|abdominals?|tummy|flat belly"),
 ]
 
@@ -465,7 +468,7 @@ def _days(t: str) -> tuple[int, str] | None:
         (r"\b(?:a )?few (?:days|times|sessions|workouts) (?:a|per|each|every) ?(?:week|wk)\b", lambda m: 3),
         (r"\b([1-7])\s*(?:-|to|or|/)\s*[1-7]\s*(?:x|days?|times?|sessions?|workouts?)?\s*(?:a|per|/|each|every|in a)\s*(?:week|wk)\b",
          lambda m: int(m.group(1))),
-        (r"\b([1-7])\s*(?:x|days?|times?|sessions?|workouts?|trainings?|d)\s*(?:a|per|/|each|every|in a|in the)?\s*(?:week|wk)\b",
+        (r"\b([1-7])\s*(?:x|days?|times?|sessions?|workouts?|trainings?|runs|rides|swims|classes|d)\s*(?:a|per|/|each|every|in a|in the)?\s*(?:week|wk)\b",
          lambda m: int(m.group(1))),
         (r"\b([1-7])x\b(?!\s*\d)", lambda m: int(m.group(1))),
         (r"\b([1-7])[- ]?days?[- ]split\b", lambda m: int(m.group(1))),
@@ -569,25 +572,21 @@ def _limitations(t: str) -> tuple[list[str], str] | None:
             follow = clauses[ci + 1] if ci + 1 < len(clauses) else ""
             if re.match(r"\s*(?:it|it's|its|they|they're|which)\b", follow):
                 clause = clause + " " + follow
+            # A problem word anywhere in the clause (not a wish to prevent one): computed once per clause.
+            if not _PROBLEM.search(clause) or re.search(r"\bprevent\w*|\bavoid (?:an? )?injur", clause):
+                continue
+            back_ok = lim != "lower back" or bool(
+                re.search(
+                    r"\b(?:my|bad|sore|hurt\w*|injur\w*|lower|low|the)\s+back\b|\bback (?:pain|problems?|issues?|injur\w*|hurts|is)",
+                    clause,
+                )
+            )
             for pm in re.finditer(r"\b(?:" + part + r")\b", clause):
                 s, e = start + pm.start(), start + pm.end()
-                if negated(s, e):
+                if negated(s, e) or (pm.group(0) == "back" and not back_ok):
                     continue
-                if (
-                    lim == "lower back"
-                    and pm.group(0) == "back"
-                    and not re.search(
-                        r"\b(?:my|bad|sore|hurt\w*|injur\w*|lower|low|the)\s+back\b|\bback (?:pain|problems?|issues?|injur\w*|hurts|is)",
-                        clause,
-                    )
-                ):
-                    continue
-                prob = _PROBLEM.search(clause)
-                if prob and re.search(r"\bprevent\w*|\bavoid (?:an? )?injur", clause):
-                    prob = None  # "to prevent injury" is a wish, not a condition
-                if prob:
-                    found[lim], pos[lim] = clause.strip(), s
-                    break
+                found[lim], pos[lim] = clause.strip(), s
+                break
             if lim in found:
                 break
     if "knees" not in found:
@@ -621,7 +620,7 @@ def _focus(t: str, limitations: list[str]) -> tuple[str, str] | None:
     for label, pat in _FOCUS_TERMS:
         for m in re.finditer(r"\b(?:" + pat + r")\b", t):
             word = m.group(0)
-            if _negated(t, m.start()) or _FINE.match(t[m.end() :]):
+            if _negated(t, m.start()) or _FINE.match(t[m.end() : m.end() + 60]):
                 continue
             # A body part named as a problem is a limitation, not a focus.
             if word == "shoulders" and "shoulders" in limitations:
@@ -871,6 +870,11 @@ def phrase_request(spec: RequestSpec, rng: random.Random) -> str:
     body = sep.join(parts)
     text = head + (sep + body if body else "") + rng.choice([".", "", "!", " please."])
     return text.lower() if rng.random() < 0.1 else text
+
+
+def phrase_for(spec: RequestSpec, seed: int | str = 0) -> str:
+    """A phrasing of ``spec`` that depends only on (spec, seed): stable across reruns of a data step."""
+    return phrase_request(spec, random.Random(f"pumpl-phrase:{seed}:{spec.key()}"))
 
 
 # ------------------------------------------------------------------------------------------

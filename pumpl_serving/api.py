@@ -47,6 +47,7 @@ from litserve.specs.openai import ChatCompletionRequest, OpenAISpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import prompts, settings
 from pumpl_assets.core.request_text import UnderstoodRequest, parse_request
 from pumpl_assets.core.schemas import (
@@ -118,7 +119,7 @@ def load_catalogue(partition: str, explicit: str | None = None) -> tuple[Any, st
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
-    candidates.append(settings.artifacts_dir(partition, "raw") / "exercises.parquet")
+    candidates.append(settings.artifacts_dir(partition, A.ASSET_RAW) / A.FILE_EXERCISES)
     candidates.append(settings.shipped_raw_dir() / "exercises.json")
     for path in candidates:
         if path.is_file():
@@ -261,6 +262,10 @@ class _ModelWorker:
         }
         self.last_error: str | None = None
         ref = self.source.resolve()
+        if not self.cfg.exercises_path and getattr(ref, "catalogue", None) is not None:
+            # The registered version's own catalogue: a server on another host restricts names to what
+            # this model was trained and gated with, not to whatever its local data root holds.
+            self.catalogue, self.catalogue_path = load_catalogue(self.cfg.partition, str(ref.catalogue))
         t0 = time.perf_counter()
         try:
             engine = self._load(ref)

@@ -64,14 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=1536)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    catalogue = ExerciseCatalogue.from_parquet(settings.artifacts_dir(args.partition, "raw") / "exercises.parquet")
+    catalogue = ExerciseCatalogue.from_parquet(
+        settings.artifacts_dir(args.partition, "raw") / "exercises.parquet"
+    )
     results = []
-    with tempfile.TemporaryDirectory() as tmp, running_server(
-        ["--partition", args.partition, "--engine", args.engine], log_path=Path(tmp) / "serve.log"
-    ) as server, server.client(timeout=600.0) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server(
+            ["--partition", args.partition, "--engine", args.engine], log_path=Path(tmp) / "serve.log"
+        ) as server,
+        server.client(timeout=600.0) as client,
+    ):
         for prompt, meant in REQUESTS:
             t0 = time.perf_counter()
-            r = client.post("/generate", json={"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0})
+            r = client.post(
+                "/generate", json={"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
+            )
             r.raise_for_status()
             body = r.json()
             results.append(

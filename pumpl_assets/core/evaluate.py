@@ -47,7 +47,14 @@ from pumpl_assets.core.validate import DOMAIN_CHECKS, validate_example
 
 MODES: tuple[str, ...] = ("unconstrained", "served")
 GUARANTEED_BY_MODE: dict[str, tuple[str, ...]] = {"unconstrained": (), "served": GUARANTEED_CHECKS}
-RATE_METRICS: tuple[str, ...] = ("json_valid", "schema_valid", "adherence", "model_adherence", *DOMAIN_CHECKS)
+RATE_METRICS: tuple[str, ...] = (
+    "json_valid",
+    "schema_valid",
+    "adherence",
+    "model_adherence",
+    "plan_safety",
+    *DOMAIN_CHECKS,
+)
 MODE_METRICS: tuple[str, ...] = (*RATE_METRICS, "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
 REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
 BUDGET_FACTOR = 1.5
@@ -224,6 +231,13 @@ def mode_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
     for c in DOMAIN_CHECKS:
         out[c] = sum(r["schema_valid"] and c not in r["failed_checks"] for r in rows) / n
+    # Safety of what a person would receive: among the answers that ARE plans (a cut-off answer is
+    # not served as a plan), the share with no contraindicated exercise; NaN when there is no plan.
+    plans = [r for r in rows if r["schema_valid"]]
+    out["n_plans"] = float(len(plans))
+    out["plan_safety"] = (
+        sum("safety" not in r["failed_checks"] for r in plans) / len(plans) if plans else float("nan")
+    )
     return out
 
 

@@ -31,6 +31,14 @@ def _get(summary: Mapping[str, float], key: str, default: float = float("nan")) 
     return float(default if v is None else v)
 
 
+def model_decided_mean(summary: Mapping[str, float], model: str) -> float:
+    """Mean served pass rate over the checks the served grammar does not guarantee (NaN if absent)."""
+    vals = [summary.get(f"{model}.served.{c}") for c in MODEL_DECIDED_SERVED]
+    if any(v is None for v in vals):
+        return float("nan")
+    return sum(float(v) for v in vals if v is not None) / len(vals)
+
+
 def served_adherence_threshold(g: GateThresholds) -> tuple[float, bool]:
     """(threshold in force, provisional?) — a partition may carry a measured provisional figure
     beside the 90% goal (catalogue.py says which and why); it never applies silently."""
@@ -59,10 +67,12 @@ def eval_gates(
     sv = _get(summary, "adapter.unconstrained.schema_valid", 0.0)
     adh = _get(summary, "adapter.served.adherence", 0.0)
     unc_adh = _get(summary, "adapter.unconstrained.adherence", 0.0)
-    safety = _get(summary, "adapter.served.safety", 0.0)
+    safety = _get(summary, "adapter.served.plan_safety")
+    n_plans = _get(summary, "adapter.served.n_plans", 0.0)
     thr, provisional = served_adherence_threshold(g)
     a_model = _get(summary, "adapter.served.model_adherence", 0.0)
-    b_model = _get(summary, "base.served.model_adherence")
+    a_checks = model_decided_mean(summary, "adapter")
+    b_checks = model_decided_mean(summary, "base")
     a_loss, b_loss = _get(summary, "adapter.test_loss", math.inf), _get(summary, "base.test_loss")
     n_a, n_b = _get(summary, "adapter.n_generated", 0.0), _get(summary, "base.n_generated")
     gates = [
@@ -92,12 +102,15 @@ def eval_gates(
         ),
         Gate(
             "served_safety",
-            safety >= g.min_served_safety - 1e-9,
-            f"{safety:.1%} of served plans free of contraindicated exercises; need {g.min_served_safety:.0%}",
-            {"served_safety": safety},
+            n_plans > 0 and safety >= g.min_served_safety - 1e-9,
+            f"{safety:.1%} of the {n_plans:.0f} served plans free of contraindicated exercises; need "
+            f"{g.min_served_safety:.0%}"
+            if n_plans > 0
+            else "no served answer was a plan: safety cannot be judged",
+            {"served_safety": safety, "n_plans": n_plans},
         ),
     ]
-    if math.isnan(b_model) or math.isnan(b_loss):
+    if math.isnan(b_checks) or math.isnan(b_loss):
         gates.append(Gate("better_than_base", False, "the base model was not evaluated; cannot compare"))
     elif n_a != n_b:
         gates.append(
@@ -106,14 +119,19 @@ def eval_gates(
             )
         )
     else:
-        better = a_model > b_model and a_loss < b_loss
+        better = a_checks > b_checks and a_loss < b_loss
         gates.append(
             Gate(
                 "better_than_base",
                 better,
-                f"model-decided checks (served, same {n_a:.0f} rows): adapter {a_model:.1%} vs base {b_model:.1%}; "
-                f"test loss {a_loss:.3f} vs {b_loss:.3f}",
-                {"adapter_model_adherence": a_model, "base_model_adherence": b_model},
+                f"mean pass rate of the checks the served grammar leaves to the model "
+                f"({', '.join(MODEL_DECIDED_SERVED)}; served, same {n_a:.0f} rows): adapter {a_checks:.1%} vs "
+                f"base {b_checks:.1%}; test loss {a_loss:.3f} vs {b_loss:.3f}",
+                {
+                    "adapter_model_checks": a_checks,
+                    "base_model_checks": b_checks,
+                    "adapter_model_adherence": a_model,
+                },
             )
         )
     gates.append(champion_gate(summary, champion, g.champion_tolerance, champion_version))

@@ -167,6 +167,7 @@ def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]
         "type": "object",
         "properties": {
             "day": {"type": "string", "enum": list(DAYS)},
+            "main_count": {"type": "integer", "minimum": 1, "maximum": MAX_MAIN},
             "warmup": {
                 "type": "array", "minItems": 1, "maxItems": MAX_WARMUP,
                 "items": _item(warm, {"work_s": _int(*WARMUP.work_s)}, ["work_s"]),
@@ -177,7 +178,7 @@ def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]
                 "items": _item(cool, {"sets": _int(*COOLDOWN.sets), "work_s": _int(*COOLDOWN.work_s)}, ["work_s"]),
             },
         },
-        "required": ["day", "warmup", "main", "cooldown"],
+        "required": ["day", "main_count", "warmup", "main", "cooldown"],
         "additionalProperties": False,
     }  # fmt: skip
     base = plan_json_schema(None, include_optional=False)["properties"]

@@ -32,7 +32,7 @@ def check_table_markdown(
     served_causes = (causes or {}).get("adapter.served", {})
     for metric in RATE_METRICS:
         vals = " | ".join(_pct(summary.get(f"{m}.{mode}.{metric}")) for m, mode in COLUMNS)
-        if metric in ("adherence", "model_adherence"):
+        if metric in ("adherence", "model_adherence", "plan_safety"):
             who = "—"
         elif metric in GUARANTEED_CHECKS or metric in ("json_valid", "schema_valid"):
             who = "guaranteed"

@@ -150,6 +150,9 @@ class WorkoutDay(_Strict):
     day: Day = Field(
         description="Which session of the split this is (full_body, upper, lower, push, pull, legs)"
     )
+    # Written before the blocks: how many main exercises fit this session. A small model decides the
+    # session's size first and then counts to it, instead of deciding when to stop a list mid-way.
+    main_count: int | None = Field(default=None, ge=1, le=MAX_MAIN, description="Number of main exercises")
     warmup: list[Exercise] = Field(min_length=1, max_length=MAX_WARMUP)
     main: list[Exercise] = Field(min_length=1, max_length=MAX_MAIN)
     cooldown: list[Exercise] = Field(min_length=1, max_length=MAX_COOLDOWN)

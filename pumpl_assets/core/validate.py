@@ -24,7 +24,8 @@ Domain checks (reasons are ``"<check>: <detail>"``; ``<check>`` is one of :data:
 * ``focus``         — a requested focus gets ≥ 40% of the main work of every session that can train it;
 * ``order``         — resistance sessions put multi-joint before single-joint and large muscles before small;
 * ``duplicates``    — no exercise twice in one session;
-* ``declared``      — the declared ``total_minutes`` and ``days_per_week`` match the request.
+* ``declared``      — the declared ``total_minutes`` and ``days_per_week`` match the request, and each
+  session's ``main_count`` (when written) matches its main list.
 
 A plan is rejected with ALL reasons found. :func:`validate_rows` applies this to a frame and never drops a
 row silently: ``len(rows) == len(accepted) + len(quarantine)``.
@@ -162,6 +163,10 @@ def _domain_reasons(
     minutes: list[float] = []
     for si, session in enumerate(plan.sessions):
         tag = f"session {si + 1} ({session.day})"
+        if session.main_count is not None and session.main_count != len(session.main):
+            found["declared"].append(
+                f"{tag} declares main_count={session.main_count} but lists {len(session.main)}"
+            )
         mins = sum(exercise_seconds(e) for e in session.all_exercises()) / 60.0
         minutes.append(mins)
         if not minutes_within(mins, request.minutes):

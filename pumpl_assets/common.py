@@ -220,8 +220,7 @@ class QuantizeConfig(dg.Config):
     # grid are what the smollm2-135m gates were measured with.
     n_calibration: int = Field(default=32, ge=1, le=4096)
     n_grid: int = Field(default=20, ge=2, le=100, description="AWQ scale-search grid points")
-    eval_limit: int | None = Field(default=None, ge=1, description="Test examples evaluated (None = all)")
-    max_new_tokens: int | None = Field(default=None, ge=8, le=2048)
+    # The AWQ model is decoded on eval_report's rows with eval_report's budgets (see awq_model).
 
 
 class RegistryConfig(dg.Config):

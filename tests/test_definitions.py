@@ -17,8 +17,8 @@ EXPECTED = [
     "data_profile",
     "split",
     "lora_adapter",
-    "eval_report",
     "merged_model",
+    "eval_report",
     "awq_model",
     "registry_entry",
 ]

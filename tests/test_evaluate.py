@@ -356,3 +356,43 @@ def test_compare_schema_valid_refuses_different_rows_or_mixed_models() -> None:
         compare_schema_valid(pl.concat([a, _frame("adapter", {"e1": True, "e2": True})]), a)
     with pytest.raises(ValueError, match="no 'unconstrained' rows"):
         compare_schema_valid(_frame("base", {"e1": True}, mode="served"), a)
+
+
+@pytest.mark.integration
+def test_merged_folder_is_scored_as_the_fine_tuned_model(
+    tiny_model_dir: Path,
+    lora_dir: Path,
+    test_rows: pl.DataFrame,
+    catalogue: ExerciseCatalogue,
+    report: EvalReport,
+    tmp_path: Path,
+) -> None:
+    from pumpl_assets.core.merge import merge_adapter
+
+    merged = merge_adapter(tiny_model_dir, lora_dir, tmp_path / "merged")
+    rep = evaluate_models(
+        tiny_model_dir,
+        None,
+        test_rows,
+        catalogue,
+        style="chat_template",
+        system_prompt="Be brief.",
+        batch_size=3,
+        max_new_tokens=24,
+        tuned_model=merged,
+    )
+    key = ["model", "mode", "example_id"]
+    assert rep.per_example.select(key).sort(key).equals(report.per_example.select(key).sort(key))
+    # Base rows decode the same weights the same way; the merged rows reproduce the unmerged adapter.
+    merged_text = dict(zip(rep.per_example.select(key).rows(), rep.per_example["text"], strict=True))
+    unmerged_text = dict(zip(report.per_example.select(key).rows(), report.per_example["text"], strict=True))
+    base_keys = [k for k in merged_text if k[0] == "base"]
+    assert all(merged_text[k] == unmerged_text[k] for k in base_keys)
+    tuned_keys = [k for k in merged_text if k[0] == "adapter"]
+    agree = sum(merged_text[k] == unmerged_text[k] for k in tuned_keys) / len(tuned_keys)
+    assert agree >= 0.75, agree
+    with pytest.raises(ValueError, match="excludes adapter_dir"):
+        evaluate_models(
+            tiny_model_dir, lora_dir, test_rows, catalogue, style="chat_template", system_prompt=None,
+            tuned_model=merged,
+        )  # fmt: skip

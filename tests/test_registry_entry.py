@@ -18,7 +18,7 @@ from pumpl_assets.defs.model import registry_entry
 from pumpl_assets.defs.resources import MlflowResource
 
 PART = "smollm2-135m"
-GATED = ("split", "lora_adapter", "eval_report", "merged_model", "awq_model")
+GATED = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model")
 
 
 def _upstream(tiny_model_dir: Path, marker: str, *, failing: str | None = None) -> dict[str, Path]:

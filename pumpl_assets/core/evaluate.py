@@ -145,6 +145,12 @@ def _adapter_toggle(engine: HFEngine, model: str) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+def _as_hf(engine: Any) -> HFEngine:
+    if not isinstance(engine, HFEngine):
+        raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(engine).__name__}")
+    return engine
+
+
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -310,6 +316,7 @@ def evaluate_models(
     limit: int | None = None,
     engine: HFEngine | None = None,
     dtype: str = "auto",
+    tuned_model: Path | None = None,
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
@@ -320,17 +327,28 @@ def evaluate_models(
     ``base_modes``: the modes the base model is decoded in when an adapter is evaluated too (default:
     served only — the configuration ``better_than_base`` compares; an untuned base writes no valid
     plan unconstrained, which costs minutes and tells nothing).
+    ``tuned_model``: a merged fine-tuned folder evaluated as the ``adapter`` rows (instead of
+    ``adapter_dir`` applied unmerged) — the artifact that is quantized and served; base and tuned
+    model then load one after the other, each in its own engine.
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
         raise ValueError(f"unknown mode(s) {bad_modes or modes}; use a subset of {MODES}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
-    models = (["base"] if include_base or adapter_dir is None else []) + (["adapter"] if adapter_dir else [])
+    if tuned_model is not None and (adapter_dir is not None or engine is not None):
+        raise ValueError("tuned_model (a merged folder) excludes adapter_dir and engine")
+    tuned = adapter_dir is not None or tuned_model is not None
+    models = (["base"] if include_base or not tuned else []) + (["adapter"] if tuned else [])
     parsed = _parse_rows(test_rows, limit)
 
     own = engine is None
-    eng = engine or load_engine("transformers", base_model, adapter_path=adapter_dir, dtype=dtype)
+    eng = engine or load_engine(
+        "transformers",
+        base_model if tuned_model is None or "base" in models else tuned_model,
+        adapter_path=adapter_dir,
+        dtype=dtype,
+    )
     if not isinstance(eng, HFEngine):
         raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(eng).__name__}")
     if adapter_dir is not None and not hasattr(eng.model, "disable_adapter"):
@@ -352,7 +370,14 @@ def evaluate_models(
             "dtype_bf16": float(getattr(eng, "dtype", "") == "bfloat16"),
         }
         all_rows: list[dict[str, Any]] = []
+        grammar_stats = []
         for model in models:
+            if tuned_model is not None and model == "adapter" and eng.model_path != str(tuned_model):
+                # The base is done: its engine gives way to the merged model's (one in memory at a time).
+                if eng._grammars is not None:
+                    grammar_stats.append(eng._grammars.stats)
+                eng.close()
+                eng = _as_hf(load_engine("transformers", tuned_model, dtype=dtype))
             with _adapter_toggle(eng, model):
                 loss, n_tok = answer_loss(
                     eng,
@@ -365,16 +390,20 @@ def evaluate_models(
             summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
             summary[f"{model}.answer_tokens"] = float(n_tok)
             summary[f"{model}.n_generated"] = float(len(examples))
-            model_modes = [m for m in modes if m in base_modes] if model == "base" and adapter_dir else modes
+            model_modes = [m for m in modes if m in base_modes] if model == "base" and tuned else modes
             for mode in model_modes:
                 rows, metrics = _run_mode(eng, model, mode, examples, catalogue, batch_size=batch_size)
                 all_rows.extend(rows)
                 summary.update({f"{model}.{mode}.{k}": float(v) for k, v in metrics.items()})
         if eng._grammars is not None:
-            st = eng._grammars.stats
-            summary["grammar.compiles"] = float(st.compiles)
-            summary["grammar.cache_hits"] = float(st.hits)
-            summary["grammar.compile_s_mean"] = st.compile_seconds / st.compiles if st.compiles else 0.0
+            grammar_stats.append(eng._grammars.stats)
+        if grammar_stats:
+            compiles = sum(st.compiles for st in grammar_stats)
+            summary["grammar.compiles"] = float(compiles)
+            summary["grammar.cache_hits"] = float(sum(st.hits for st in grammar_stats))
+            summary["grammar.compile_s_mean"] = (
+                sum(st.compile_seconds for st in grammar_stats) / compiles if compiles else 0.0
+            )
         per_example = pl.DataFrame(all_rows, schema=PER_EXAMPLE_SCHEMA)
         return EvalReport(summary=summary, per_example=per_example)
     finally:
@@ -495,6 +524,15 @@ class RateComparison:
             "regressions": self.regressions,
             "improvements": self.improvements,
         }
+
+
+def reference_rows(per_example: pl.DataFrame, mode: str = "unconstrained") -> pl.DataFrame:
+    """The fine-tuned model's rows of an eval_report ``per_example`` frame for ``mode`` (the reference
+    a quantized model is compared with); an error when there are none."""
+    sel = per_example.filter((pl.col("model") == "adapter") & (pl.col("mode") == mode))
+    if sel.height == 0:
+        raise ValueError(f"eval_report holds no fine-tuned {mode!r} rows to compare a quantized model with")
+    return sel
 
 
 def compare_schema_valid(

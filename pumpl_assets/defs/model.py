@@ -1,4 +1,4 @@
-"""The model half of the graph: lora_adapter → eval_report → merged_model → awq_model → registry_entry.
+"""The model half of the graph: lora_adapter → merged_model → eval_report → awq_model → registry_entry.
 
 Heavy work (training) runs in a subprocess (unsloth must be imported before
 transformers; the code server stays clean); steps that hold the accelerator use the
@@ -181,9 +181,9 @@ def _md_value(value: Any, default: Any = None) -> Any:
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=MODEL,
-    deps=["lora_adapter", "split", "raw"],
+    deps=["merged_model", "split", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("eval-3", _GATES, EvalConfig().model_dump()),
+    code_version=code_version("eval-4", _GATES, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
         gate_spec("served_adherence", "eval_report", "Served plans that pass every check of the standard"),
@@ -193,8 +193,9 @@ def _md_value(value: Any, default: Any = None) -> Any:
             "not_worse_than_champion", "eval_report", "Champion/challenger: no regression beyond tolerance"
         ),
     ],
-    description="Base vs adapter on the same test rows (free-text requests), unconstrained and served: "
-    "every check of the coaching standard, guaranteed vs model-decided, loss.",
+    description="Base vs the merged fine-tuned model (the artifact that is quantized and served; summary "
+    "keys say `adapter`) on the same test rows (free-text requests), unconstrained and served: every check "
+    "of the coaching standard, guaranteed vs model-decided, loss.",
 )
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalConfig, mlflow: MlflowResource
@@ -208,20 +209,26 @@ def eval_report(
     base = _base(context)
     test = pl.read_parquet(upstream_dir(p, A.ASSET_SPLIT) / A.split_file("test"))
     cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)
-    adapter_dir = upstream_dir(p, A.ASSET_LORA_ADAPTER) / A.DIR_ADAPTER
+    merged_dir = upstream_dir(p, A.ASSET_MERGED_MODEL) / A.DIR_MODEL
+    batch_size = config.batch_size or spec.eval_batch_size
+    max_new_tokens = config.max_new_tokens or spec.eval_max_new_tokens
     with timed() as t:
         report = evaluate_models(
             base,
-            adapter_dir,
+            None,
             test,
             cat,
             style=resolve_style(spec.prompt_style),
             system_prompt=settings.system_prompt(),
-            batch_size=config.batch_size or spec.eval_batch_size,
-            max_new_tokens=config.max_new_tokens or spec.eval_max_new_tokens,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
             include_base=config.include_base,
             limit=config.limit,
+            tuned_model=merged_dir,
         )
+        # awq_model decodes the same rows the same way and compares against these rows.
+        report.summary["eval.batch_size"] = float(batch_size)
+        report.summary["eval.max_new_tokens"] = float(max_new_tokens)
         d = out_dir(context)
         paths = write_eval_outputs(report, d)
     s = report.summary
@@ -271,7 +278,7 @@ def eval_report(
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=MODEL,
-    deps=["lora_adapter", "eval_report", "split"],
+    deps=["lora_adapter", "split"],
     code_version=code_version("merged-model-1", _GATES),
     kinds={"huggingface"},
     check_specs=[
@@ -335,7 +342,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     group_name=MODEL,
     deps=["merged_model", "split", "eval_report", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("awq-2", _GATES, QuantizeConfig().model_dump()),
+    code_version=code_version("awq-3", _GATES, QuantizeConfig().model_dump()),
     kinds={"awq"},
     check_specs=[
         gate_spec("size_ratio", "awq_model", "AWQ artifact ≤ 0.45× the merged model"),
@@ -344,7 +351,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     description="AWQ 4-bit (W4A16) model, calibrated on the train split; loads in transformers (CPU) and vLLM.",
 )
 def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.MaterializeResult:
-    from pumpl_assets.core.evaluate import compare_schema_valid, evaluate_models
+    from pumpl_assets.core.evaluate import compare_schema_valid, evaluate_models, reference_rows
     from pumpl_assets.core.gates import awq_gates
     from pumpl_assets.core.prompts import resolve_style
     from pumpl_assets.core.quantize import fit_group_size, select_quantizer
@@ -365,24 +372,32 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         q = quantizer.quantize(
             merged_dir, d / A.DIR_MODEL, calib, group_size=group, max_seq_len=spec.max_seq_len
         )
-    # Schema-valid rate of the AWQ model vs the merged model, same test rows, same decoding.
+    # Schema-valid rate of the AWQ model vs the merged model on the rows eval_report decoded with the
+    # merged model, decoded the same way (engine, dtype, batch size, budgets, grammar-free greedy), so
+    # the gate compares like with like, row by row, without decoding the merged model twice.
+    eval_dir = upstream_dir(p, A.ASSET_EVAL_REPORT)
+    merged_rows = reference_rows(pl.read_parquet(eval_dir / A.FILE_PER_EXAMPLE))
+    eval_summary = json.loads((eval_dir / A.FILE_SUMMARY).read_text())
     test = pl.read_parquet(split_dir / A.split_file("test"))
+    test = test.filter(pl.col("example_id").is_in(merged_rows["example_id"].implode()))
     cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)
-    kw: dict[str, Any] = {
-        "style": resolve_style(spec.prompt_style),
-        "system_prompt": settings.system_prompt(),
-        "batch_size": spec.eval_batch_size,
-        "max_new_tokens": config.max_new_tokens or spec.eval_max_new_tokens,
-        "modes": ("unconstrained",),
-        "include_base": False,
-        "limit": config.eval_limit,
-    }
-    # Both models decode the same rows the same way here (same dtype, batch, grammar-free greedy),
-    # so the gate compares like with like, row by row.
     with timed() as te:
-        merged_eval = evaluate_models(merged_dir, None, test, cat, **kw)
-        awq_eval = evaluate_models(q.out_dir, None, test, cat, **kw)
-    cmp = compare_schema_valid(merged_eval.per_example, awq_eval.per_example)
+        awq_eval = evaluate_models(
+            q.out_dir,
+            None,
+            test,
+            cat,
+            style=resolve_style(spec.prompt_style),
+            system_prompt=settings.system_prompt(),
+            batch_size=int(eval_summary["eval.batch_size"]),
+            max_new_tokens=int(eval_summary["eval.max_new_tokens"]),
+            modes=("unconstrained",),
+            include_base=False,
+        )
+    merged_eval_summary = {
+        k.removeprefix("adapter."): v for k, v in eval_summary.items() if k.startswith("adapter.")
+    }
+    cmp = compare_schema_valid(merged_rows, awq_eval.per_example)
     merged_sv, awq_sv, n_eval = cmp.reference_rate, cmp.candidate_rate, cmp.n
     gates = awq_gates(
         q.size_ratio,
@@ -401,7 +416,7 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     write_gates(d, checks)
     write_json_atomic(
         d / A.FILE_AWQ_EVAL,
-        {"awq": awq_eval.summary, "merged": merged_eval.summary, "comparison": cmp.to_dict()},
+        {"awq": awq_eval.summary, "merged": merged_eval_summary, "comparison": cmp.to_dict()},
     )
     from pumpl_assets.core.io import write_parquet_atomic
 
@@ -409,7 +424,7 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
         d / A.FILE_AWQ_PER_EXAMPLE,
         pl.concat(
             [
-                merged_eval.per_example.with_columns(pl.lit("merged").alias("model")),
+                merged_rows.with_columns(pl.lit("merged").alias("model")),
                 awq_eval.per_example.with_columns(pl.lit("awq").alias("model")),
             ]
         ),
@@ -426,11 +441,11 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
                 "quantize_wall_s": q.wall_s,
                 "eval_wall_s": te["wall_s"],
                 "awq_tokens_per_s": float(awq_eval.summary.get("base.unconstrained.tokens_per_s", 0.0)),
-                "merged_tokens_per_s": float(merged_eval.summary.get("base.unconstrained.tokens_per_s", 0.0)),
+                "merged_tokens_per_s": float(merged_eval_summary.get("unconstrained.tokens_per_s", 0.0)),
                 "awq_schema_valid": awq_sv,
                 "merged_schema_valid": merged_sv,
                 "awq_test_loss": float(awq_eval.summary.get("base.test_loss", float("nan"))),
-                "merged_test_loss": float(merged_eval.summary.get("base.test_loss", float("nan"))),
+                "merged_test_loss": float(merged_eval_summary.get("test_loss") or float("nan")),
                 "n_eval": n_eval,
                 "bf16_decode": bool(awq_eval.summary.get("dtype_bf16", 0.0)),
                 "wall_s": t["wall_s"] + te["wall_s"],
@@ -443,7 +458,7 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
 
 # ---------------------------------------------------------------------------------------------- registry_entry
 
-_GATED_ASSETS = ("split", "lora_adapter", "eval_report", "merged_model", "awq_model")
+_GATED_ASSETS = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model")
 
 
 @dg.asset(

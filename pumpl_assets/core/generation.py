@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pumpl_assets.core.io import sha256_text
+from pumpl_assets.core.name_guard import SessionNameGuard, allowed_from_bitmask, block_names, token_texts
 
 ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm")
 _HF_KINDS = ("transformers", "bnb4", "bnb8", "awq")
@@ -130,6 +131,8 @@ class GrammarCache:
         )
         self.compiler = xgr.GrammarCompiler(self.tokenizer_info, max_threads=2, cache_enabled=False)
         self.max_size = max_size
+        self._tokenizer = tokenizer
+        self._token_text: list[str] | None = None
         self.stats = GrammarStats()
         self._lru: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -164,6 +167,16 @@ class GrammarCache:
         import xgrammar as xgr
 
         return xgr.GrammarMatcher(self.get(schema))
+
+    def name_guard(self, schema: dict) -> SessionNameGuard | None:
+        """A fresh no-repeat guard for a served plan schema (None for any other schema)."""
+        names = block_names(schema)
+        if names is None:
+            return None
+        with self._lock:
+            if self._token_text is None:
+                self._token_text = token_texts(self._tokenizer, self.vocab_size)
+        return SessionNameGuard(names, self._token_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,6 +255,7 @@ class _Row:
     params: GenerationParams
     prompt_tokens: int
     matcher: Any = None
+    guard: Any = None  # name_guard.SessionNameGuard on served plan schemas
     generator: Any = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -368,6 +382,7 @@ class HFEngine:
         for i, s in enumerate(schemas):
             if s is not None:
                 rows[i].matcher = self.grammars.matcher(s)
+                rows[i].guard = self.grammars.name_guard(s)
             if plist[i].temperature > 0:
                 g = torch.Generator(device="cpu")
                 seed = plist[i].seed
@@ -390,7 +405,10 @@ class HFEngine:
         active = list(range(n))  # rows still in the batch, in cache order
         cache: Any = None
         step_ids, step_pos = ids, positions
-        stats = {"steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(n)}
+        stats = {
+            "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(n),
+            "guard_banned": 0.0, "guard_fallbacks": 0.0,
+        }  # fmt: skip
         self.last_stats = stats
         with self._lock, torch.inference_mode():
             while active:
@@ -415,6 +433,15 @@ class HFEngine:
                     for b in constrained:
                         rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
                     xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=constrained)
+                    for b in constrained:
+                        row = rows[active[b]]
+                        if row.guard is not None:
+                            ban = row.guard.banned(
+                                row.text, lambda b=b: allowed_from_bitmask(bitmask[b], self.vocab_size)
+                            )
+                            if ban:
+                                logits[b, ban] = float("-inf")
+                                stats["guard_banned"] += len(ban)
                 stats["grammar_s"] += time.perf_counter() - t1
                 next_tokens: list[int] = []
                 for b, ri in enumerate(active):
@@ -430,6 +457,7 @@ class HFEngine:
                         self._advance(row, tok, stop_ids)
                     if row.finish_reason is None:
                         keep.append(b)
+                stats["guard_fallbacks"] = float(sum(r.guard.fallbacks for r in rows if r.guard is not None))
                 yield rows
                 if not keep:
                     break

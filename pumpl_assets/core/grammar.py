@@ -12,8 +12,11 @@ arithmetic for it:
 
 So these checks cannot fail in served mode (:data:`GUARANTEED_CHECKS`); the model still decides the
 split and its sessions, which exercises go on which day, how many exercises and sets fit the
-requested length (duration), warm-up and cool-down length, order, focus, duplicates and the declared
-fields — no block count, set count or hold time of any teacher's layout is written into the grammar.
+requested length (duration), warm-up and cool-down length, order, focus and the declared fields — no
+block count, set count or hold time of any teacher's layout is written into the grammar. Beside the
+grammar, the served decoding of the transformers engines runs :mod:`pumpl_assets.core.name_guard`, which
+removes a name already used in the session, so ``duplicates`` is guaranteed there too (except when a
+block's allowed pool is used up; the check is still scored on every plan).
 
 Schemas are cached per (equipment, level, limitations, goal) and catalogue; compiled grammars are
 cached separately by :class:`pumpl_assets.core.generation.GrammarCache` (keyed by the schema's hash),
@@ -41,8 +44,16 @@ from pumpl_assets.core.schemas import (
 )
 from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP, Prescription
 
-# Checks the served grammar makes impossible to fail (the report marks them "guaranteed").
-GUARANTEED_CHECKS: tuple[str, ...] = ("catalogue", "equipment", "level", "safety", "goal_fidelity")
+# Checks the served decoding makes impossible to fail (the report marks them "guaranteed"): the grammar's
+# five, and no repeat within a session (name_guard, on the engines that evaluation and CPU serving use).
+GUARANTEED_CHECKS: tuple[str, ...] = (
+    "catalogue",
+    "equipment",
+    "level",
+    "safety",
+    "goal_fidelity",
+    "duplicates",
+)
 
 _CACHE_SIZE = 256
 # Per catalogue object (weak, so a dropped catalogue drops its schemas), LRU by request key.

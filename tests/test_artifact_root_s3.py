@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def write_merged(n: int = 24) -> None:
     rows = [_example(i) for i in range(n)]
     pl.DataFrame(
         {
-            "request_json": [r.request.model_dump_json() for r in rows],
+            "request_json": [r.request.model_dump_json() for r in rows if r.request is not None],
             "plan_json": [r.assistant for r in rows],
             "source": ["test"] * n,
         }
@@ -62,7 +63,11 @@ def local_files(d: Path) -> dict[str, str]:
 
 
 def md_of(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    ev = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    ev = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key and e.asset_key.to_user_string() == asset
+    ]
     assert ev, f"{asset} was not materialized"
     return {k: getattr(v, "value", v) for k, v in ev[-1].materialization.metadata.items()}
 
@@ -175,3 +180,45 @@ def test_publish_and_collect_are_no_ops_on_the_default_local_root(
     assert got["adapter_dir"] == str(dest / "adapter")
     with pytest.raises(A.ArtifactError, match="no such file"):
         A.publish_files(tmp_path, PART, A.ASSET_SPLIT, ["missing.parquet"], other)
+
+
+@pytest.fixture(scope="module")
+def ray_head_with_s3_credentials(moto_s3_session: S3Service) -> Iterator[str]:
+    """A local Ray head whose nodes hold their own (dummy) S3 credentials: the launcher never forwards them."""
+    from tests.test_training_ray import start_ray_head
+
+    with start_ray_head(DUMMY_AWS) as address:
+        yield address
+
+
+@pytest.mark.integration
+def test_split_and_lora_adapter_on_an_s3_artifact_root_through_ray(
+    ray_head_with_s3_credentials: str,
+    s3_env: S3Service,
+    pumpl_env: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from pumpl_assets.common import TrainConfig
+
+    bucket = s3_env.make_bucket(f"pumpl-ray-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("PUMPL_ARTIFACT_ROOT", f"s3://{bucket}/team/artifacts")
+    monkeypatch.setenv("PUMPL_MODEL_PATH_SMOLLM2_135M", str(tiny_model_dir))
+    monkeypatch.setenv("PUMPL_TORCH_THREADS", "1")
+    monkeypatch.setenv("PUMPL_RAY_ADDRESS", ray_head_with_s3_credentials)
+    write_merged()
+    result, instance = materialize_split_and_lora(
+        {"lora_adapter": TrainConfig(launcher="ray", max_steps=2, learning_rate=5e-3, checkpoint_every=2)}
+    )
+    md = assert_graph_on_s3(result, instance, s3_env, bucket)
+    assert md["launcher"] == "ray"
+    client = JobSubmissionClient(ray_head_with_s3_credentials)
+    job_id = md["Ray Job ID"]
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
+    # The worker found the store through the forwarded settings; the credentials were its own.
+    env_vars = (client.get_job_info(job_id).runtime_env or {})["env_vars"]
+    assert env_vars["PUMPL_ARTIFACT_ROOT"] == f"s3://{bucket}/team/artifacts"
+    assert env_vars["PUMPL_S3_ENDPOINT_URL"] == s3_env.endpoint
+    assert not any(secret in json.dumps(env_vars) for secret in SECRETS)

@@ -9,6 +9,8 @@ and SUCCEEDS, and its job id, the loss and the three gates come back through Pip
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import shutil
@@ -26,6 +28,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 RAY_BIN = Path(sys.executable).with_name("ray")
+_HEADS = itertools.count()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -42,10 +45,17 @@ def _free_ports(n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
     """A local Ray head (2 CPUs, 1 logical GPU); yields its dashboard address."""
+    with start_ray_head() as address:
+        yield address
+
+
+@contextlib.contextmanager
+def start_ray_head(extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a local Ray head whose processes also get ``extra_env`` (a node's own credentials, say)."""
     pytest.importorskip("ray")
     pytest.importorskip("dagster_ray")
     gcs, dash, client, agent_http, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = _free_ports(9)
-    temp_dir = Path(f"/tmp/ray-pumpl-{os.getpid()}")
+    temp_dir = Path(f"/tmp/ray-pumpl-{os.getpid()}-{next(_HEADS)}")
     log = temp_dir.with_suffix(".log")
     cmd = [
         str(RAY_BIN), "start", "--head", "--block",
@@ -56,7 +66,7 @@ def ray_head() -> Iterator[str]:
         f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]  # fmt: skip
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, **(extra_env or {}), RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     fh = open(log, "wb")  # noqa: SIM115 (closed in teardown)
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -90,7 +100,7 @@ def ray_head() -> Iterator[str]:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group
         fh.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -113,7 +123,7 @@ def _stop_after_first_checkpoint(address: str, ckpt_root: Path, box: dict[str, o
             if running:
                 box["stopped"] = running[0]
                 box["at_step"] = max(int(p.name.split("-")[1]) for p in ckpt_root.glob("step-*"))
-                client.stop_job(running[0])
+                client.stop_job(str(running[0]))
                 return
         time.sleep(0.1)
     box["error"] = "no checkpoint appeared within 120 s"
@@ -178,7 +188,7 @@ def test_training_as_a_ray_job_succeeds_and_resumes_after_the_job_is_stopped(
     assert set(checks) == {"trained", "loss_improved", "adapter_integrity"}
     assert checks["trained"] and checks["adapter_integrity"]
     # The job ran with this checkout on its path and without the secret in its environment.
-    env_vars = client.get_job_info(job_id).runtime_env["env_vars"]
+    env_vars = (client.get_job_info(job_id).runtime_env or {})["env_vars"]
     assert "PUMPL_FAKE_SECRET_TOKEN" not in env_vars and env_vars["PUMPL_TORCH_THREADS"] == "1"
     print(
         f"\nray: stopped at step {box['at_step']} after {t_stopped:.1f}s; resumed run done at {time.monotonic() - t0:.1f}s"

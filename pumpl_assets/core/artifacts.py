@@ -423,3 +423,31 @@ def _err(exc: BaseException) -> str:
 
 def default_store() -> ArtifactStore:
     return ArtifactStore.from_env()
+
+
+def same_folder(store: ArtifactStore, partition: str, asset: str, local_dir: Path | str) -> bool:
+    """Whether ``store`` keeps this asset's artifacts in ``local_dir`` itself (the default local root)."""
+    if store.is_remote:
+        return False
+    return store.local_path(partition, asset).resolve() == Path(local_dir).resolve()
+
+
+def publish_files(
+    local_dir: Path | str, partition: str, asset: str, names: list[str], store: ArtifactStore | None = None
+) -> dict[str, str]:
+    """Copy the named files of a local asset folder to the store by contract names.
+
+    A no-op (``{}``) when the store's folder for the asset IS ``local_dir`` (the default: no
+    ``PUMPL_ARTIFACT_ROOT``); else ``{name: uri}`` (URIs redacted). A named file missing locally
+    raises :class:`ArtifactError`.
+    """
+    store = store or ArtifactStore.from_env()
+    if same_folder(store, partition, asset, local_dir):
+        return {}
+    out: dict[str, str] = {}
+    for name in names:
+        src = Path(local_dir) / name
+        if not src.is_file():
+            raise ArtifactError(f"cannot publish {src}: no such file")
+        out[name] = redact(store.write_bytes(partition, asset, name, data=src.read_bytes()))
+    return out

@@ -328,6 +328,17 @@ def render_for_model(
     return out, report
 
 
+def publish_split(split_dir: Path | str, partition: str, store: Any = None) -> dict[str, str]:
+    """Publish the split asset's files (``{train,val,test}.parquet`` + ``gates.json``) to the store.
+
+    What a training worker on another host reads (:mod:`pumpl_assets.core.training.run`). The local
+    folder stays as it is (other assets read it). ``{}`` on the default local root, where the store's
+    folder is ``split_dir`` itself; else ``{name: uri}`` (see :func:`artifacts.publish_files`).
+    """
+    names = [A.split_file(s) for s in SPLITS] + [A.FILE_GATES]
+    return A.publish_files(split_dir, partition, A.ASSET_SPLIT, names, store)
+
+
 def write_split_files(df: pl.DataFrame, out_dir: Path | str) -> dict[str, Path]:
     """Write ``{train,val,test}.jsonl`` and ``{train,val,test}.parquet`` (each atomically).
 

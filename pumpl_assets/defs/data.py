@@ -372,7 +372,13 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
     from transformers import AutoTokenizer
 
     from pumpl_assets.core.basemodel import ensure_base_model
-    from pumpl_assets.core.dataset import render_for_model, split_examples, split_stats, write_split_files
+    from pumpl_assets.core.dataset import (
+        publish_split,
+        render_for_model,
+        split_examples,
+        split_stats,
+        write_split_files,
+    )
     from pumpl_assets.core.gates import split_proportion_gate
     from pumpl_assets.core.prompts import resolve_style
 
@@ -423,8 +429,11 @@ def split(context: dg.AssetExecutionContext, config: SplitConfig) -> dg.Material
         ),
     ]
     write_gates(out_dir(context), checks)
+    # On a remote (or other) artifact root, a training worker reads the split from there.
+    published = publish_split(out_dir(context), context.partition_key)
     return dg.MaterializeResult(
         metadata={
+            **({"split_uris": dg.MetadataValue.json(published)} if published else {}),
             **metadata(
                 {
                     "rows": n,

@@ -94,7 +94,7 @@ def lora_adapter(
     context: dg.AssetExecutionContext, config: TrainConfig, mlflow: MlflowResource
 ) -> dg.MaterializeResult:
     from pumpl_assets.core.prompts import resolve_style
-    from pumpl_assets.core.training.job import apply_overrides, build_job, local_out_dir
+    from pumpl_assets.core.training.job import apply_overrides, build_job, collect_outputs, local_out_dir
     from pumpl_assets.training_launch import launch
 
     spec = spec_for(context)
@@ -132,8 +132,19 @@ def lora_adapter(
             num_gpus=1 if spec.device == "cuda" else 0,
         )
     reported = invocation.get_materialize_result()
-    md = reported.metadata or {}
+    md = dict(reported.metadata or {})
     checks = list(reported.check_results or [])
+    # The asset's local folder (what merged_model reads): `d` itself on the default local root; else
+    # the adapter the worker published to the store is downloaded into it, hash-checked.
+    local = out_dir(context)
+    try:
+        fetched = collect_outputs(job, local)
+    except A.ArtifactError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    if fetched:
+        md["adapter_uri"] = dg.MetadataValue.text(fetched["adapter_uri"])
+        md["adapter_dir"] = dg.MetadataValue.path(fetched["adapter_dir"])
+        d = local
     write_gates(d, checks)
     train_loss = [(int(s), float(v)) for s, v in _md_value(md.get("train_loss"), [])]
     registry = mlflow.registry()

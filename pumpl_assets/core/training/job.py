@@ -16,7 +16,9 @@ the job fits in a Pipes context / environment variable::
 
 On a local root ``out_dir`` IS the ``lora_adapter`` artifact folder; on an ``s3://`` root the
 finished adapter (+ metrics and loss plot) are uploaded to ``<root>/<partition>/lora_adapter/``
-(checkpoints stay in the local ``out_dir``, so a resume needs the same machine or shared disk).
+(checkpoints stay in the local ``out_dir``, so a resume needs the same machine or shared disk), and
+the asset then downloads it, hash-checked, into its local folder (:func:`collect_outputs`). The
+split gets there the same way: the ``split`` asset publishes it (``core.dataset.publish_split``).
 
 The older forms still work for scripts and benches: ``train_path``/``val_path`` (TrainingExample
 rows as .jsonl/.json/.parquet) or ``train``/``val`` inline.
@@ -90,6 +92,35 @@ def publish_outputs(job: dict[str, Any], adapter_dir: Path) -> str:
         if (out_dir / name).is_file():
             store.write_bytes(partition, A.ASSET_LORA_ADAPTER, name, data=(out_dir / name).read_bytes())
     return store.upload_dir(adapter_dir, partition, A.ASSET_LORA_ADAPTER, A.DIR_ADAPTER)
+
+
+def collect_outputs(job: dict[str, Any], asset_dir: Path | str) -> dict[str, str]:
+    """After training: bring the adapter the worker published into the local asset folder ``asset_dir``.
+
+    The controller's half of :func:`publish_outputs`. On the default local root (the trainer's
+    ``out_dir`` IS ``asset_dir``) a no-op returning ``{}``. Otherwise the adapter folder is
+    downloaded from the store to ``asset_dir/adapter`` (atomically; on ``s3://`` every file's sha256
+    is checked against the manifest, a mismatch raises ``ArtifactError``), with the metrics and loss
+    curve when the worker published them, and ``{"adapter_uri": <redacted URI>, "adapter_dir": <local
+    path>}`` is returned for the materialization metadata. Downstream assets (``merged_model``) read
+    ``asset_dir/adapter`` as always.
+    """
+    from pumpl_assets.core import artifacts as A
+    from pumpl_assets.core.io import write_bytes_atomic
+
+    store = A.ArtifactStore(job["artifact_root"])
+    partition = job["partition"]
+    asset_dir = Path(asset_dir)
+    if A.same_folder(store, partition, A.ASSET_LORA_ADAPTER, asset_dir):
+        return {}
+    local = store.download_dir(partition, A.ASSET_LORA_ADAPTER, A.DIR_ADAPTER, dest=asset_dir / A.DIR_ADAPTER)
+    for name in (A.FILE_TRAIN_METRICS, A.FILE_LOSS_CURVE):
+        if store.exists(partition, A.ASSET_LORA_ADAPTER, name):
+            write_bytes_atomic(asset_dir / name, store.read_bytes(partition, A.ASSET_LORA_ADAPTER, name))
+    return {
+        "adapter_uri": A.redact(store.uri(partition, A.ASSET_LORA_ADAPTER, A.DIR_ADAPTER)),
+        "adapter_dir": str(local),
+    }
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

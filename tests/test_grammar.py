@@ -304,7 +304,14 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
 @pytest.mark.unit
 def test_no_layout_is_pinned(small_catalogue: ExerciseCatalogue) -> None:
     """The served grammar guarantees names per block and ranges per role; structure is the model's."""
-    assert set(GUARANTEED_CHECKS) == {"catalogue", "equipment", "level", "safety", "goal_fidelity", "duplicates"}
+    assert set(GUARANTEED_CHECKS) == {
+        "catalogue",
+        "equipment",
+        "level",
+        "safety",
+        "goal_fidelity",
+        "duplicates",
+    }
     schemas = [
         request_plan_schema(
             RequestSpec(

@@ -21,23 +21,22 @@ if [ -f "$stamp" ] && [ -f "$DEST/convert_hf_to_gguf.py" ] \
   exit 0
 fi
 
-missing=()
-for tool in cmake gcc g++ make; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "llamacpp.sh: llama-cpp-python==$PIN is built from source and needs: ${missing[*]} (not on PATH)." >&2
-  echo "  Debian/Ubuntu: apt-get install -y cmake build-essential" >&2
-  exit 1
-fi
-
 mkdir -p "$DEST"
 sdist_dir="$DEST/sdist"
 sdist="$sdist_dir/llama_cpp_python-$PIN.tar.gz"
 if [ ! -f "$sdist" ]; then
-  "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$PIN" -d "$sdist_dir"
+  "$PY" -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$PIN" -d "$sdist_dir"
 fi
 if ! "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$PIN')" 2>/dev/null; then
+  missing=()
+  for tool in cmake gcc g++ make; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "llamacpp.sh: llama-cpp-python==$PIN is built from source and needs: ${missing[*]} (not on PATH)." >&2
+    echo "  Debian/Ubuntu: apt-get install -y cmake build-essential" >&2
+    exit 1
+  fi
   # By name from the index (not the local file) so pip caches the built wheel for the next venv.
   nice -n 10 "$PY" -m pip install -q "llama-cpp-python==$PIN"
 fi

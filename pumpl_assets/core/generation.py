@@ -10,6 +10,8 @@ Engines (:func:`load_engine` ``kind``):
 * ``awq`` — a compressed-tensors AWQ folder as written by llmcompressor, loaded through
   transformers.
 * ``vllm`` — CUDA only, imported lazily; guided JSON through vLLM's structured outputs.
+* ``llamacpp`` — a GGUF file (:mod:`pumpl_assets.core.gguf`) run by llama.cpp on CPU, imported
+  lazily (:mod:`pumpl_assets.core.engine_llamacpp`); same decode rules and grammars as below.
 
 The four Hugging Face engines share :class:`HFEngine`, a hand-written decode loop (not
 ``model.generate``) so that every row of a batch can carry its own sampling params, stop
@@ -49,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 from pumpl_assets.core.io import sha256_text
 from pumpl_assets.core.name_guard import SessionNameGuard, allowed_from_bitmask, block_names, token_texts
 
-ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm")
+ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm", "llamacpp")
 _HF_KINDS = ("transformers", "bnb4", "bnb8", "awq")
 
 
@@ -683,7 +685,8 @@ def load_engine(
     device: str = "auto",
     dtype: str = "auto",
 ) -> Engine:
-    """Load ``model_path`` (a Hugging Face folder) behind engine ``kind``.
+    """Load ``model_path`` (a Hugging Face folder; for ``llamacpp`` a GGUF file or a folder
+    holding ``model.gguf`` and the HF tokenizer files) behind engine ``kind``.
 
     Raises ``ValueError`` for an unknown kind or an incompatible model (bnb on an already
     quantized folder, awq on a full-precision one), :class:`EngineError` where the
@@ -695,4 +698,16 @@ def load_engine(
     adapter = Path(adapter_path) if adapter_path is not None else None
     if kind == "vllm":
         return VLLMEngine(path, adapter_path=adapter, dtype=dtype)
+    if kind == "llamacpp":
+        if adapter is not None:
+            raise ValueError(
+                "engine 'llamacpp' runs a merged GGUF; it takes no adapter (merge, then export_gguf)"
+            )
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"engine 'llamacpp' runs on the CPU here; got device={device!r}")
+        if dtype != "auto":
+            raise ValueError(f"engine 'llamacpp': the GGUF file fixes the weight type; got dtype={dtype!r}")
+        from pumpl_assets.core.engine_llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(path)
     return _load_hf(kind, path, adapter_path=adapter, device=device, dtype=dtype)

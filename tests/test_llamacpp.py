@@ -1,0 +1,255 @@
+"""GGUF export (gguf.py) and the llama.cpp engine (engine_llamacpp.py) on the tiny random Llama.
+
+Real llama.cpp throughout (no mocks): the tiny model is converted once per session with the
+vendored converter. Skipped, with the reason, where llama-cpp-python or the converter is absent
+(``scripts/llamacpp.sh`` installs both).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.generation import GenerationParams, load_engine
+from pumpl_assets.core.gguf import EXPORT_MARKER, GGUFExport, GGUFExportError, converter_path, export_gguf
+from pumpl_assets.core.grammar import request_plan_schema
+from pumpl_assets.core.prompts import render_prompt, request_to_prompt
+from pumpl_assets.core.schemas import RequestSpec, parse_plan
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (run scripts/llamacpp.sh)")
+if not converter_path().is_file():
+    pytest.skip(
+        f"llama.cpp converter missing at {converter_path()} (run scripts/llamacpp.sh)",
+        allow_module_level=True,
+    )
+
+from pumpl_assets.core.engine_llamacpp import LlamaCppEngine, resolve_gguf
+
+RECORDS: list[dict[str, Any]] = [
+    {"name": "Push-Up", "level": "beginner", "equipment": "body only", "category": "strength"},
+    {"name": "Dumbbell Row", "level": "beginner", "equipment": "dumbbell", "category": "strength"},
+    {"name": "Goblet Squat", "level": "beginner", "equipment": "kettlebells", "category": "strength"},
+    {
+        "name": "Arm Circles",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "push",
+    },
+    {
+        "name": "Child's Pose",
+        "level": "beginner",
+        "equipment": None,
+        "category": "stretching",
+        "force": "static",
+    },
+]
+REQ_A = RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3)
+REQ_B = RequestSpec(goal="endurance", minutes=20, level="beginner", equipment=["body only"], days_per_week=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> GGUFExport:
+    # f32 base: the exact-comparison file; q8_0 becomes model.gguf.
+    return export_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny", ("q8_0",), base_type="f32")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_gguf: GGUFExport) -> Iterator[LlamaCppEngine]:
+    eng = LlamaCppEngine(tiny_gguf.path("f32"))  # threads: torch_threads() (fewer on a busy box)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> ExerciseCatalogue:
+    return ExerciseCatalogue.from_records(RECORDS)
+
+
+def prompts_for(eng: Any, reqs: list[RequestSpec]) -> list[str]:
+    return [render_prompt(eng.tokenizer, request_to_prompt(r), system="Be brief.") for r in reqs]
+
+
+@pytest.mark.unit
+def test_export_writes_files_sizes_and_record(tiny_gguf: GGUFExport, tiny_model_dir: Path) -> None:
+    out = Path(tiny_gguf.out_dir)
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["model-f32.gguf", "model-q8_0.gguf", "model.gguf"]
+    assert resolve_gguf(out) == out / "model.gguf"
+    assert (out / "model.gguf").samefile(out / "model-q8_0.gguf")
+    assert (out / "tokenizer.json").is_file()
+    base, q8 = tiny_gguf.base, tiny_gguf.quants["q8_0"]
+    assert base.bytes == Path(base.path).stat().st_size
+    assert q8.bytes == Path(q8.path).stat().st_size
+    st = sum(f.stat().st_size for f in tiny_model_dir.glob("*.safetensors"))
+    assert tiny_gguf.safetensors_bytes == st
+    assert 0.9 < base.ratio < 1.5  # f32 weights + the vocab in the GGUF metadata
+    assert q8.bytes < 0.6 * base.bytes
+    assert "q8_0" in q8.tensor_types and set(base.tensor_types) <= {"f32"}
+    # the converter wrote SmolLM2's real byte-level BPE vocab, not a SentencePiece one
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(out / "model-q8_0.gguf")).fields
+    assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "gpt2"
+    assert tiny_gguf.tokenizer_patched
+    assert json.loads((out / "tokenizer.json").read_text()) == json.loads(
+        (tiny_model_dir / "tokenizer.json").read_text()
+    )
+    record = json.loads((out / EXPORT_MARKER).read_text())
+    assert record["quants"]["q8_0"]["bytes"] == q8.bytes
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+@pytest.mark.unit
+def test_failed_export_leaves_previous_folder_intact(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "model.gguf").write_bytes(b"old")
+    bad = tmp_path / "convert_hf_to_gguf.py"
+    bad.write_text("import sys\nprint('boom: unsupported model', file=sys.stderr)\nsys.exit(3)\n")
+    monkeypatch.setenv("PUMPL_GGUF_CONVERTER", str(bad))
+    with pytest.raises(GGUFExportError, match="boom: unsupported model"):
+        export_gguf(tiny_model_dir, out, ("q8_0",))
+    assert (out / "model.gguf").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convert_hf_to_gguf.py", "g"]
+    monkeypatch.setenv("PUMPL_GGUF_CONVERTER", str(tmp_path / "nope.py"))
+    with pytest.raises(GGUFExportError, match="converter not found"):
+        export_gguf(tiny_model_dir, out, ("q8_0",))
+    with pytest.raises(ValueError, match="unknown quant 'q3'"):
+        export_gguf(tiny_model_dir, out, ("q3",))
+
+
+@pytest.mark.unit
+def test_tokenization_parity_with_hf(engine: LlamaCppEngine) -> None:
+    texts = [
+        *prompts_for(engine, [REQ_A, REQ_B]),
+        "Plain text, numbers 12345 and  double  spaces\n\ttabs",
+        "Unicode: café, naïve, 日本語, emoji 💪🏋️",
+        '{"title":"A","days":[{"day":1}]}',
+    ]
+    for t in texts:
+        assert engine.llama_tokenize(t) == engine.tokenizer(t, add_special_tokens=False).input_ids, t
+
+
+@pytest.mark.unit
+def test_greedy_is_deterministic_and_batch_equals_single(engine: LlamaCppEngine) -> None:
+    prompts = [*prompts_for(engine, [REQ_A, REQ_B]), "Hi"]
+    params = GenerationParams(max_new_tokens=24)
+    batched = engine.generate(prompts, params)
+    again = engine.generate(prompts, params)
+    single = [engine.generate([p], params)[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in again]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert [g.text for g in batched] == [g.text for g in single]
+    lens = [len(engine.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    assert [g.prompt_tokens for g in batched] == lens
+
+
+@pytest.mark.unit
+def test_max_new_tokens_gives_length(engine: LlamaCppEngine) -> None:
+    g = engine.generate(prompts_for(engine, [REQ_A]), GenerationParams(max_new_tokens=7))[0]
+    assert g.finish_reason == "length"
+    assert g.completion_tokens == 7 == len(g.token_ids)
+
+
+@pytest.mark.unit
+def test_stop_strings_cut_text(engine: LlamaCppEngine) -> None:
+    prompt = prompts_for(engine, [REQ_A])[0]
+    full = engine.generate([prompt], GenerationParams(max_new_tokens=20))[0]
+    assert len(full.text) > 6
+    stop = full.text[4:7]
+    cut = engine.generate([prompt], GenerationParams(max_new_tokens=20, stop=[stop]))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+
+
+@pytest.mark.unit
+def test_seeded_sampling_is_reproducible_and_batch_independent(engine: LlamaCppEngine) -> None:
+    prompts = prompts_for(engine, [REQ_A, REQ_B])
+    p1 = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    a = engine.generate([prompts[0]], p1)[0]
+    assert engine.generate([prompts[0]], p1)[0].text == a.text
+    assert engine.generate(prompts, [p1, GenerationParams(max_new_tokens=5)])[0].text == a.text
+    others = {engine.generate([prompts[0]], GenerationParams(16, 1.0, 1.0, seed=s))[0].text for s in range(4)}
+    assert len(others) > 1
+
+
+@pytest.mark.unit
+def test_constrained_output_is_schema_valid(engine: LlamaCppEngine, catalogue: ExerciseCatalogue) -> None:
+    import jsonschema
+
+    reqs = [REQ_A, REQ_B]
+    schemas: list[dict | None] = [request_plan_schema(r, catalogue) for r in reqs]
+    prompts = [*prompts_for(engine, reqs), "Hi"]
+    params = [GenerationParams(max_new_tokens=1500)] * 2 + [GenerationParams(max_new_tokens=24)]
+    gens = engine.generate(prompts, params, [*schemas, None])
+    for g, s in zip(gens[:2], schemas, strict=True):
+        assert g.finish_reason == "stop", g
+        assert s is not None
+        jsonschema.validate(json.loads(g.text), s)
+        parse_plan(g.text)
+    # the unconstrained row in the same batch is untouched by the grammar
+    assert gens[2].text == engine.generate(["Hi"], params[2])[0].text
+
+
+@pytest.mark.unit
+def test_stream_joins_to_generate(engine: LlamaCppEngine) -> None:
+    prompt = prompts_for(engine, [REQ_B])[0]
+    params = GenerationParams(max_new_tokens=20)
+    pieces = list(engine.stream(prompt, params))
+    assert len(pieces) > 1
+    assert "".join(pieces) == engine.generate([prompt], params)[0].text
+
+
+@pytest.mark.unit
+def test_one_at_a_time_mode_matches_parallel(tiny_gguf: GGUFExport, engine: LlamaCppEngine) -> None:
+    prompts = prompts_for(engine, [REQ_A, REQ_B])
+    params = GenerationParams(max_new_tokens=12)
+    seq = LlamaCppEngine(tiny_gguf.path("f32"), parallel=False)
+    try:
+        assert [g.token_ids for g in seq.generate(prompts, params)] == [
+            g.token_ids for g in engine.generate(prompts, params)
+        ]
+    finally:
+        seq.close()
+
+
+@pytest.mark.unit
+def test_f32_gguf_greedy_matches_hf_fp32(tiny_model_dir: Path, engine: LlamaCppEngine) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    hf = load_engine("transformers", tiny_model_dir, device="cpu", dtype="float32")
+    try:
+        prompts = prompts_for(engine, [REQ_A, REQ_B])
+        params = GenerationParams(max_new_tokens=16)
+        ours = [g.token_ids for g in engine.generate(prompts, params)]
+        theirs = [g.token_ids for g in hf.generate(prompts, params)]
+    finally:
+        hf.close()
+    # Random weights give near-ties, so allow a late divergence; the first tokens must agree.
+    assert all(a[:4] == b[:4] for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
+
+
+@pytest.mark.unit
+def test_load_engine_llamacpp_and_clear_errors(tiny_gguf: GGUFExport, tmp_path: Path) -> None:
+    eng = load_engine("llamacpp", tiny_gguf.out_dir)
+    try:
+        assert eng.name == "llamacpp" and eng.quantization == "q8_0"
+        assert eng.generate(["Hi"], GenerationParams(max_new_tokens=3))[0].completion_tokens <= 3
+    finally:
+        eng.close()
+    with pytest.raises(ValueError, match="takes no adapter"):
+        load_engine("llamacpp", tiny_gguf.out_dir, adapter_path=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no GGUF model"):
+        load_engine("llamacpp", tmp_path)
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match="several GGUF files"):
+        resolve_gguf(tmp_path)

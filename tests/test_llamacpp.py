@@ -189,11 +189,16 @@ def test_constrained_output_is_schema_valid(engine: LlamaCppEngine, catalogue: E
     prompts = [*prompts_for(engine, reqs), "Hi"]
     params = [GenerationParams(max_new_tokens=1500)] * 2 + [GenerationParams(max_new_tokens=24)]
     gens = engine.generate(prompts, params, [*schemas, None])
+    # The same served decoding as the transformers engines: grammar mask, then the no-repeat guard.
+    assert {"guard_banned", "guard_fallbacks"} <= set(engine.last_stats)
     for g, s in zip(gens[:2], schemas, strict=True):
         assert g.finish_reason == "stop", g
         assert s is not None
         jsonschema.validate(json.loads(g.text), s)
-        parse_plan(g.text)
+        plan = parse_plan(g.text)
+        for session in plan.sessions:
+            names = [e.name for e in session.all_exercises()]
+            assert len(names) == len(set(names)), names
     # the unconstrained row in the same batch is untouched by the grammar
     assert gens[2].text == engine.generate(["Hi"], params[2])[0].text
 

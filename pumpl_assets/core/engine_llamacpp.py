@@ -263,40 +263,22 @@ class LlamaCppEngine(HFEngine):
             raise ValueError(
                 f"{n} prompts in one call; engine 'llamacpp' takes at most max_seqs={self.max_seqs}"
             )
-        plist = params if isinstance(params, list) else [params] * n
-        schemas = json_schemas if json_schemas is not None else [None] * n
-        if len(plist) != n or len(schemas) != n:
-            raise ValueError(
-                f"got {n} prompts but {len(plist)} params and {len(schemas)} json_schemas; lengths must match"
-            )
-        for p in plist:
-            if p.max_new_tokens < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
-            if p.temperature < 0 or not (0 < p.top_p <= 1):
-                raise ValueError(
-                    f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}"
-                )
-        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        enc, rows = self._prepare_rows(prompts, params, json_schemas)
         for i, e in enumerate(enc):
             if not e:
                 raise ValueError(
                     f"prompt {i} is empty after tokenization; llama.cpp needs at least one token"
                 )
-        rows = [_Row(index=i, params=plist[i], prompt_tokens=len(enc[i])) for i in range(n)]
-        for i, s in enumerate(schemas):
-            if s is not None:
-                rows[i].matcher = self.grammars.matcher(s)
-            if plist[i].temperature > 0:
-                g = torch.Generator(device="cpu")
-                seed = plist[i].seed
-                g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
-                rows[i].generator = g
+        plist = [r.params for r in rows]
 
         bitmask = xgr.allocate_token_bitmask(n, self.vocab_size) if any(r.matcher for r in rows) else None
         stop_ids = set(self.stop_token_ids)
         per_seq = max(len(e) + p.max_new_tokens for e, p in zip(enc, plist, strict=True)) + 1
         logits = np.empty((n, self.vocab_size), dtype=np.float32)
-        stats = {"steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "prefill_s": 0.0, "batch": float(n)}
+        stats = {
+            "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "prefill_s": 0.0, "batch": float(n),
+            "guard_banned": 0.0, "guard_fallbacks": 0.0,
+        }  # fmt: skip
         self.last_stats = stats
         with self._lock:
             ctx = self._ensure_ctx(n, per_seq)
@@ -328,11 +310,7 @@ class LlamaCppEngine(HFEngine):
             while active:
                 t1 = time.perf_counter()
                 step_logits = torch.from_numpy(logits[: len(active)])
-                constrained = [b for b, ri in enumerate(active) if rows[ri].matcher is not None]
-                if constrained and bitmask is not None:
-                    for b in constrained:
-                        rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
-                    xgr.apply_token_bitmask_inplace(step_logits, bitmask[: len(active)], indices=constrained)
+                self._constrain(step_logits, rows, active, bitmask, stats)
                 stats["grammar_s"] += time.perf_counter() - t1
                 next_tokens = [self._pick(step_logits[b], rows[ri]) for b, ri in enumerate(active)]
                 keep: list[int] = []
@@ -347,6 +325,7 @@ class LlamaCppEngine(HFEngine):
                     else:
                         self._ll.llama_memory_seq_rm(mem, ri, -1, -1)
                 stats["steps"] += 1
+                stats["guard_fallbacks"] = float(sum(r.guard.fallbacks for r in rows if r.guard is not None))
                 yield rows
                 if not keep:
                     break

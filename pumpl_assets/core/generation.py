@@ -365,32 +365,7 @@ class HFEngine:
         if n == 0:
             yield []
             return
-        plist = params if isinstance(params, list) else [params] * n
-        schemas = json_schemas if json_schemas is not None else [None] * n
-        if len(plist) != n or len(schemas) != n:
-            raise ValueError(
-                f"got {n} prompts but {len(plist)} params and {len(schemas)} json_schemas; lengths must match"
-            )
-        for p in plist:
-            if p.max_new_tokens < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
-            if p.temperature < 0 or not (0 < p.top_p <= 1):
-                raise ValueError(
-                    f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}"
-                )
-
-        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        rows = [_Row(index=i, params=plist[i], prompt_tokens=len(enc[i])) for i in range(n)]
-        for i, s in enumerate(schemas):
-            if s is not None:
-                rows[i].matcher = self.grammars.matcher(s)
-                rows[i].guard = self.grammars.name_guard(s)
-            if plist[i].temperature > 0:
-                g = torch.Generator(device="cpu")
-                seed = plist[i].seed
-                g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
-                rows[i].generator = g
-
+        enc, rows = self._prepare_rows(prompts, params, json_schemas)
         width = max(len(e) for e in enc)
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -430,20 +405,7 @@ class HFEngine:
                 stats["steps"] += 1
                 if logits.shape[-1] > self.vocab_size:
                     logits = logits[:, : self.vocab_size]
-                constrained = [b for b, ri in enumerate(active) if rows[ri].matcher is not None]
-                if constrained and bitmask is not None:
-                    for b in constrained:
-                        rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
-                    xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=constrained)
-                    for b in constrained:
-                        row = rows[active[b]]
-                        if row.guard is not None:
-                            ban = row.guard.banned(
-                                row.text, lambda b=b: allowed_from_bitmask(bitmask[b], self.vocab_size)
-                            )
-                            if ban:
-                                logits[b, ban] = float("-inf")
-                                stats["guard_banned"] += len(ban)
+                self._constrain(logits, rows, active, bitmask, stats)
                 stats["grammar_s"] += time.perf_counter() - t1
                 next_tokens: list[int] = []
                 for b, ri in enumerate(active):
@@ -473,6 +435,67 @@ class HFEngine:
                 step_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
                 step_pos = step_pos[:, -1:] + 1
                 mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+
+    def _prepare_rows(
+        self,
+        prompts: list[str],
+        params: GenerationParams | list[GenerationParams],
+        json_schemas: list[dict | None] | None,
+    ) -> tuple[list[list[int]], list[_Row]]:
+        """Validate a call's arguments; the prompts' token ids and one row state per prompt (grammar
+        matcher and no-repeat guard for a schema, a seeded generator for sampling). Shared by every
+        engine that runs this decode loop's rules."""
+        import torch
+
+        n = len(prompts)
+        plist = params if isinstance(params, list) else [params] * n
+        schemas = json_schemas if json_schemas is not None else [None] * n
+        if len(plist) != n or len(schemas) != n:
+            raise ValueError(
+                f"got {n} prompts but {len(plist)} params and {len(schemas)} json_schemas; lengths must match"
+            )
+        for p in plist:
+            if p.max_new_tokens < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
+            if p.temperature < 0 or not (0 < p.top_p <= 1):
+                raise ValueError(
+                    f"temperature must be >= 0 and 0 < top_p <= 1, got {p.temperature}, {p.top_p}"
+                )
+        enc = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        rows = [_Row(index=i, params=plist[i], prompt_tokens=len(enc[i])) for i in range(n)]
+        for i, s in enumerate(schemas):
+            if s is not None:
+                rows[i].matcher = self.grammars.matcher(s)
+                rows[i].guard = self.grammars.name_guard(s)
+            if plist[i].temperature > 0:
+                g = torch.Generator(device="cpu")
+                seed = plist[i].seed
+                g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
+                rows[i].generator = g
+        return enc, rows
+
+    def _constrain(
+        self, logits: Any, rows: list[_Row], active: list[int], bitmask: Any, stats: dict[str, float]
+    ) -> None:
+        """Apply each constrained row's grammar mask, then its no-repeat guard, to ``logits`` in place
+        (``logits[b]`` belongs to ``rows[active[b]]``)."""
+        import xgrammar as xgr
+
+        constrained = [b for b, ri in enumerate(active) if rows[ri].matcher is not None]
+        if not constrained or bitmask is None:
+            return
+        for b in constrained:
+            rows[active[b]].matcher.fill_next_token_bitmask(bitmask, b)
+        xgr.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=constrained)
+        for b in constrained:
+            row = rows[active[b]]
+            if row.guard is not None:
+                ban = row.guard.banned(
+                    row.text, lambda b=b: allowed_from_bitmask(bitmask[b], self.vocab_size)
+                )
+                if ban:
+                    logits[b, ban] = float("-inf")
+                    stats["guard_banned"] = stats.get("guard_banned", 0.0) + len(ban)
 
     @staticmethod
     def _pick(logits: Any, row: _Row) -> int:

@@ -239,7 +239,7 @@ def test_tampered_missing_and_unreachable_are_refused(
     assert not list((tmp_path / "cache").rglob("config.json"))  # nothing half-downloaded is left to serve
     with pytest.raises(ModelSourceError, match=r"no version of 'pumpl-smollm2-135m' has alias 'nope'"):
         RegistrySource(PART, alias="nope", tracking_uri=uri, cache_dir=cache).resolve()
-    dead = f"http://user:s3cret@127.0.0.1:{free_port()}"
+    dead = f"http://user:s3cret@127.0.0.1:{free_port()}"  # pragma: allowlist secret
     with pytest.raises(
         ModelSourceError, match=r"tracking server http://127\.0\.0\.1:\d+ is unreachable"
     ) as err:

@@ -389,6 +389,11 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     eval_dir = upstream_dir(p, A.ASSET_EVAL_REPORT)
     merged_rows = reference_rows(pl.read_parquet(eval_dir / A.FILE_PER_EXAMPLE))
     eval_summary = json.loads((eval_dir / A.FILE_SUMMARY).read_text())
+    if "eval.batch_size" not in eval_summary:
+        raise dg.Failure(
+            f"eval_report of {p!r} predates the merged-model evaluation (no eval.batch_size in its summary); "
+            "re-materialize eval_report first"
+        )
     test = pl.read_parquet(split_dir / A.split_file("test"))
     test = test.filter(pl.col("example_id").is_in(merged_rows["example_id"].implode()))
     cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)

@@ -87,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                     "prompt": prompt,
                     "understood": body.get("request"),
                     "latency_s": round(time.perf_counter() - t0, 1),
-                    "plan": json.loads(body["text"]) if body.get("plan") else body["text"],
-                    **score(meant, body["text"], catalogue),
+                    # the finished plan the person gets (after the served post-step) and its checks;
+                    # the model's own answer is scored beside it
+                    "plan": body["plan"] if body.get("plan") else body["text"],
+                    "adjustments": body.get("adjustments", []),
+                    **score(meant, json.dumps(body["plan"]) if body.get("plan") else body["text"], catalogue),
+                    "model_answer_failed": [
+                        c for c, ok in score(meant, body["text"], catalogue)["checks"].items() if not ok
+                    ],
                 }
             )
     for res in results:
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latency {res['latency_s']} s; session minutes {res['session_minutes']}")
         print(json.dumps(res["plan"], indent=None))
         print(f"checks passed: {', '.join(passed) or '-'}; failed: {', '.join(failed) or 'none'}")
+        print(f"post-step: {'; '.join(res['adjustments']) or 'no change'}")
+        print(f"the model's own answer failed: {', '.join(res['model_answer_failed']) or 'none'}")
         for reason in res["reasons"]:
             print(f"  - {reason}")
     if args.out:

@@ -134,9 +134,12 @@ def load_catalogue(partition: str, explicit: str | None = None) -> tuple[Any, st
 
 
 class GenerateResponse(InferenceResponse):
-    """:class:`InferenceResponse` plus ``request``: what the server understood (None for ``raw``)."""
+    """:class:`InferenceResponse` plus ``request``: what the server understood (None for ``raw``), and
+    ``adjustments``: what the served post-step (:mod:`pumpl_assets.core.finalize`) changed in the
+    model's plan — ``text`` is the model's own answer, ``plan`` the finished plan."""
 
     request: dict[str, Any] | None = None
+    adjustments: list[str] = Field(default_factory=list)
 
 
 def understand(
@@ -362,6 +365,21 @@ class _ModelWorker:
         except NoSuitableExercisesError as exc:
             raise ItemError(422, str(exc)) from exc
 
+    def _finish(self, spec: RequestSpec | None, text: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The plan in ``text`` (None if it is not one) after the served post-step when the request
+        is known (order, length and declared figures inside the standard; core/finalize.py)."""
+        from pumpl_assets.core.finalize import finalize_plan
+
+        try:
+            plan = WorkoutPlanResponse.model_validate_json(text)
+        except ValidationError:
+            return None, []
+        adjustments: list[str] = []
+        if spec is not None and self.catalogue is not None:
+            done = finalize_plan(spec, plan, self.catalogue)
+            plan, adjustments = done.plan, done.adjustments
+        return plan.model_dump(mode="json", exclude_none=True), adjustments
+
     def _budget(self, engine: Any, prompt: str, max_tokens: int) -> tuple[int, int]:
         """(prompt tokens, max new tokens clipped to the context); ItemError if the prompt alone is too long."""
         n = len(engine.tokenizer(prompt, add_special_tokens=False).input_ids)
@@ -480,13 +498,8 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                 g = by_job[id(job)]
                 self.metrics["completion_tokens"] += g.completion_tokens
                 self.metrics["constrained"] += int(job.schema is not None)
-                plan = None
-                try:
-                    plan = WorkoutPlanResponse.model_validate_json(g.text).model_dump(
-                        mode="json", exclude_none=True
-                    )
-                except ValidationError:
-                    plan = None
+                spec = job.understood.spec if job.understood is not None and job.schema is not None else None
+                plan, adjustments = self._finish(spec, g.text)
                 outputs.append(
                     {
                         "text": g.text,
@@ -503,6 +516,7 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                         },
                         "latency_ms": round((now - job.received) * 1000.0, 2),
                         "request": job.understood.to_dict() if job.understood is not None else None,
+                        "adjustments": adjustments,
                         "finish_reason": g.finish_reason,
                         "constrained": job.schema is not None,
                     }
@@ -564,6 +578,7 @@ class _ExtensionTap:
     def __init__(self, source: Any):
         self.source = source
         self.ext: dict[str, Any] | None = None
+        self.unsent: dict[str, Any] = {}  # keys that arrived after the first message (streaming)
 
     async def __aiter__(self) -> Any:
         async for response, status in self.source:
@@ -574,8 +589,12 @@ class _ExtensionTap:
                     msg = None
                 if isinstance(msg, dict) and PUMPL_KEY in msg:
                     ext = msg.pop(PUMPL_KEY)
-                    if self.ext is None and isinstance(ext, dict):
-                        self.ext = ext
+                    if isinstance(ext, dict):
+                        if self.ext is None:
+                            self.ext = dict(ext)
+                        else:
+                            self.ext.update(ext)
+                            self.unsent.update(ext)
                     response = json.dumps(msg)
             yield response, status
 
@@ -583,7 +602,8 @@ class _ExtensionTap:
 class PumplOpenAISpec(OpenAISpec):
     """OpenAISpec that rejects what this server cannot honour with a 4xx before queueing it, and
     returns the understood plan request as a ``pumpl`` extension object (non-streamed: a top-level
-    field of the response; streamed: a top-level field of the first chunk)."""
+    field of the response; streamed: a top-level field of the first chunk), and with it the finished
+    plan and the post-step's adjustments (streamed: on the last chunk)."""
 
     async def chat_completion(self, request: ChatCompletionRequest, background_tasks: BackgroundTasks):
         validate_chat_request(request)
@@ -614,6 +634,15 @@ class PumplOpenAISpec(OpenAISpec):
                     chunk[PUMPL_KEY] = taps[0].ext
                     line = f"data: {json.dumps(chunk)}\n\n"
                     first = False
+            elif taps and taps[0].unsent and line.startswith("data: {"):
+                try:
+                    chunk = json.loads(line[len("data: ") :])
+                except ValueError:
+                    chunk = None
+                if isinstance(chunk, dict) and "choices" in chunk:
+                    chunk[PUMPL_KEY] = dict(taps[0].unsent)
+                    taps[0].unsent.clear()
+                    line = f"data: {json.dumps(chunk)}\n\n"
             yield line
 
 
@@ -758,6 +787,9 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
             n_completion = len(engine.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
             self.metrics["completion_tokens"] += n_completion
             self.metrics["constrained"] += int(schema is not None)
+            if understood is not None:  # the finished plan rides on the last message
+                plan, adjustments = self._finish(understood.spec, text)
+                ext = {PUMPL_KEY: {**ext.get(PUMPL_KEY, {}), "plan": plan, "adjustments": adjustments}}
             yield {
                 "role": "assistant",
                 "content": "",

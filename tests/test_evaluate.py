@@ -251,10 +251,16 @@ def test_served_mode_with_budget_is_valid_and_guaranteed_checks_hold(
     # per-row budgets: 1.5 × the reference answer's tokens + 32 (capped by max_new_tokens)
     assert (rep.per_example["completion_tokens"] <= 1.5 * 120 + 32).all()  # references are ~110 tokens
     done = rep.per_example.filter(pl.col("finish_reason") == "stop")
-    # every completed served answer is a plan, and the grammar's guaranteed checks hold on it
+    # every completed served answer is a plan, and the grammar's guaranteed checks hold on it, before
+    # (the model's answer) and after the served post-step (what the person gets)
     assert done["schema_valid"].all()
-    for failed in done["failed_checks"].to_list():
+    for failed, decided in zip(
+        done["failed_checks"].to_list(), done["decided_failed_checks"].to_list(), strict=True
+    ):
         assert not set(failed) & set(GUARANTEED_CHECKS), failed
+        assert not set(decided) & set(GUARANTEED_CHECKS), decided
+        assert "order" not in failed  # the post-step settles the order rule
+    assert all(f"base.served.decided.{c}" in s for c in DOMAIN_CHECKS) and "base.served.finalized" in s
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ from pumpl_assets.core.grammar import (
     GUARANTEED_CHECKS,
     NoSuitableExercisesError,
     allowed_exercise_names,
+    block_size_bounds,
     clear_cache,
     request_plan_schema,
 )
-from pumpl_assets.core.schemas import MAX_MAIN, MAX_SESSIONS, RequestSpec, plan_json_schema
+from pumpl_assets.core.schemas import MAX_MAIN, RequestSpec, plan_json_schema
 from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP
 
 RECORDS: list[dict[str, Any]] = [
@@ -122,12 +124,12 @@ def name_enums(schema: Any) -> list[list[str]]:
     return found
 
 
-def _session(schema: dict[str, Any]) -> dict[str, Any]:
-    return schema["properties"]["sessions"]["items"]["properties"]
+def _session(schema: dict[str, Any], i: int = 0) -> dict[str, Any]:
+    return schema["properties"]["sessions"]["prefixItems"][i]["properties"]
 
 
-def _main_variants(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    items = _session(schema)["main"]["items"]
+def _main_variants(schema: dict[str, Any], i: int = 0) -> list[dict[str, Any]]:
+    items = _session(schema, i)["main"]["items"]
     return items.get("oneOf", [items])
 
 
@@ -208,17 +210,19 @@ def test_schema_cache_returns_independent_copies(small_catalogue: ExerciseCatalo
     a["properties"]["title"]["maxLength"] = 1  # callers may mutate their copy
     b = request_plan_schema(req, small_catalogue)
     assert b["properties"]["title"]["maxLength"] == 60
-    # equipment order, minutes and days do not change the key (no layout is pinned) ...
+    # equipment order and focus do not change the key ...
     req2 = RequestSpec(
         goal="strength", minutes=60, level="beginner", equipment=["dumbbell", "body only"], days_per_week=2
     )
     req3 = RequestSpec(
-        goal="strength", minutes=20, level="beginner", equipment=["body only", "dumbbell"], days_per_week=5
-    )
+        goal="strength", minutes=60, level="beginner", equipment=["body only", "dumbbell"], days_per_week=2,
+        focus="core",
+    )  # fmt: skip
     assert request_plan_schema(req2, small_catalogue) == request_plan_schema(req3, small_catalogue)
-    # ... the goal does: its ranges per role are in the grammar
-    req4 = req3.model_copy(update={"goal": "hypertrophy"})
-    assert request_plan_schema(req4, small_catalogue) != request_plan_schema(req3, small_catalogue)
+    # ... the goal (its ranges per role), the days (the split) and the minutes (the length band) do
+    for change in ({"goal": "hypertrophy"}, {"days_per_week": 4}, {"minutes": 30}):
+        other = req3.model_copy(update=change)
+        assert request_plan_schema(other, small_catalogue) != request_plan_schema(req3, small_catalogue)
 
 
 @pytest.mark.unit
@@ -250,7 +254,9 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     assert cache.stats.compiles == 1 and cache.stats.hits == 1
     assert cache.stats.last_compile_seconds > 0
 
-    def plan(main: list[str], total: int = 20, **session: str) -> str:
+    def plan(
+        main: list[str], total: int = 20, days: int = 3, split: str = "full_body", **session: str
+    ) -> str:
         sess = {
             "day": '"full_body"',
             "main_count": str(len(main)),
@@ -261,8 +267,8 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
         sess.update(session)
         body = ",".join(f'"{k}":{v}' for k, v in sess.items())
         return (
-            f'{{"title":"Quick dumbbell session","total_minutes":{total},"days_per_week":3,'
-            f'"split":"full_body","sessions":[{{{body}}}]}}'
+            f'{{"title":"Quick dumbbell session","total_minutes":{total},"days_per_week":{days},'
+            f'"split":"{split}","sessions":[{{{body}}}]}}'
         )
 
     def ok(text: str) -> bool:
@@ -288,9 +294,22 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     assert not ok(good.replace('"Arm Circles"', '"Push-Up"'))
     # the v1 field is gone
     assert not ok(good.replace('"sessions":[', '"session":['))
-    # no layout pinning: the model decides length, item counts and the declared minutes
-    assert ok(plan([squat], total=30))
-    assert ok(plan([squat, row, plank, '{"name":"Push-Up","sets":3,"rest_s":60,"reps":8}'], total=45))
+    # the request's own figures: days/week as asked, total_minutes within the length ±10%
+    assert ok(plan([squat, row, plank], total=18)) and ok(plan([squat, row, plank], total=22))
+    assert not ok(plan([squat, row, plank], total=30)) and not ok(plan([squat, row, plank], total=17))
+    assert not ok(plan([squat, row, plank], days=4))
+    # the split of the standard: 3 days are one full-body session, not upper/lower, not two sessions
+    assert not ok(plan([squat, row, plank], split="upper_lower"))
+    session_text = good[good.index('"sessions":[') + len('"sessions":[') : -2]
+    assert ok(good[: -len(session_text) - 2] + session_text + "]}")  # the slicing is right
+    assert not ok(good[:-2] + "," + session_text + "]}")
+    # item counts: anything inside the feasible bounds (the model decides), nothing outside them
+    lo, hi = block_size_bounds(req, list(STANDARD["strength"]["beginner"].values()))["main"]
+    assert lo < hi
+    push = '{"name":"Push-Up","sets":2,"rest_s":60,"reps":8}'
+    pool = [squat, row, plank, push]
+    for n in range(1, len(pool) + 1):
+        assert ok(plan(pool[:n])) == (lo <= n <= hi), n
     # non-compact whitespace is rejected (any_whitespace=False)
     spaced = xgr.GrammarMatcher(g1)
     assert not spaced.accept_string('{"title": "x"')
@@ -303,34 +322,57 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
 
 @pytest.mark.unit
 def test_no_layout_is_pinned(small_catalogue: ExerciseCatalogue) -> None:
-    """The served grammar guarantees names per block and ranges per role; structure is the model's."""
+    """The served grammar fixes what the request and the standard fix (split, days, the length band,
+    names per block and day, ranges per role, feasible block sizes); the layout stays the model's."""
     assert set(GUARANTEED_CHECKS) == {
         "catalogue",
         "equipment",
         "level",
         "safety",
         "goal_fidelity",
+        "split",
         "duplicates",
     }
-    schemas = [
-        request_plan_schema(
-            RequestSpec(
+    for m in (10, 25, 45, 60, 120):
+        for d, split, days in ((1, "full_body", ["full_body"]), (3, "full_body", ["full_body"]),
+                               (4, "upper_lower", ["upper", "lower"]), (6, "push_pull_legs", ["push", "pull", "legs"])):  # fmt: skip
+            req = RequestSpec(
                 goal="endurance", minutes=m, level="beginner", equipment=["dumbbell"], days_per_week=d
-            ),
-            small_catalogue,
-        )
-        for m in (10, 25, 45, 60, 120)
-        for d in (1, 3, 4, 6)
-    ]
-    assert all(s == schemas[0] for s in schemas)
-    schema = schemas[0]
-    assert "enum" not in schema["properties"]["total_minutes"]
-    assert "enum" not in schema["properties"]["days_per_week"]
-    assert schema["properties"]["split"]["enum"] == ["full_body", "upper_lower", "push_pull_legs"]
-    sessions = schema["properties"]["sessions"]
-    assert (sessions["minItems"], sessions["maxItems"]) == (1, MAX_SESSIONS)
-    session = _session(schema)
-    assert (session["main"]["minItems"], session["main"]["maxItems"]) == (1, MAX_MAIN)
-    assert session["warmup"]["minItems"] == session["cooldown"]["minItems"] == 1
-    for v in _main_variants(schema):
-        assert "enum" not in v["properties"]["sets"]  # a range, not a layout's fixed set count
+            )
+            schema = request_plan_schema(req, small_catalogue)
+            props = schema["properties"]
+            assert props["days_per_week"]["enum"] == [d]
+            assert props["split"]["enum"] == [split]
+            assert (props["total_minutes"]["minimum"], props["total_minutes"]["maximum"]) == (
+                math.ceil(0.9 * m - 1e-9),
+                math.floor(1.1 * m + 1e-9),
+            )
+            sessions = props["sessions"]
+            assert [s["properties"]["day"]["enum"] for s in sessions["prefixItems"]] == [[x] for x in days]
+            assert sessions["items"] is False and sessions["minItems"] == sessions["maxItems"] == len(days)
+            for v in _main_variants(schema):
+                assert "enum" not in v["properties"]["sets"]  # a range, not a layout's fixed set count
+            # block sizes are bounds the standard makes necessary, never one fixed count for a
+            # session of normal length
+            main = _session(schema)["main"]
+            assert 1 <= main["minItems"] <= main["maxItems"] <= MAX_MAIN
+            # (strictly wider than one count on a real catalogue: test_standard.py)
+
+
+@pytest.mark.unit
+def test_each_day_draws_only_its_own_muscles(small_catalogue: ExerciseCatalogue) -> None:
+    req = RequestSpec(
+        goal="hypertrophy", minutes=45, level="expert", equipment=["dumbbell", "barbell"], days_per_week=4
+    )
+    schema = request_plan_schema(req, small_catalogue)
+    upper = {n for v in _main_variants(schema, 0) for n in v["properties"]["name"]["enum"]}
+    lower = {n for v in _main_variants(schema, 1) for n in v["properties"]["name"]["enum"]}
+    assert {"Push-Up", "Dumbbell Row", "Arnold Press"} <= upper and "Goblet Squat" not in upper
+    assert "Goblet Squat" in lower and not lower & {"Push-Up", "Dumbbell Row", "Arnold Press"}
+    assert "Plank" in upper and "Plank" in lower  # core work fits every day
+    # push / pull: the row pulls, the presses push
+    ppl = request_plan_schema(req.model_copy(update={"days_per_week": 5}), small_catalogue)
+    push = {n for v in _main_variants(ppl, 0) for n in v["properties"]["name"]["enum"]}
+    pull = {n for v in _main_variants(ppl, 1) for n in v["properties"]["name"]["enum"]}
+    assert "Push-Up" in push and "Dumbbell Row" not in push
+    assert "Dumbbell Row" in pull and "Push-Up" not in pull

@@ -61,6 +61,26 @@ def test_each_session_starts_afresh_and_other_fields_are_untouched() -> None:
 
 
 @pytest.mark.unit
+def test_each_day_of_a_split_is_guarded_with_its_own_names() -> None:
+    """Per-day names: on day 2 a prefix is dead when that DAY's unused names do not continue it, even
+    if another day's names would (the grammar's mask allows only the day's names)."""
+    day1 = {**NAMES, "main": frozenset({"Push-Up", "Push-Up Plus", "Plank"})}
+    day2 = {**NAMES, "main": frozenset({"Goblet Squat", "Plank"})}
+    guard = SessionNameGuard([day1, day2], VOCAB)
+    s1_done = (
+        S1
+        + '{"name":"Push-Up","sets":3,"rest_s":60,"reps":10}],"cooldown":[{"name":"Child\'s Pose","work_s":30}]},'
+    )
+    s2 = '{"day":"lower","main_count":2,"warmup":[{"name":"Arm Circles","work_s":60}],"main":['
+    text = HEAD + s1_done + s2 + '{"name":"Goblet Squat","sets":3,"rest_s":60,"reps":10},{"name":"'
+    assert {VOCAB[i] for i in guard.banned(text, lambda: [TOK["Gob"], TOK["Plank"]])} == {"Gob"}
+    # with one dict for every session, day 1's unused "Push-Up Plus" would keep "Push" alive on day 1
+    text1 = HEAD + S1 + '{"name":"Plank","sets":3,"rest_s":60,"work_s":30},{"name":"'
+    assert {VOCAB[i] for i in guard.banned(text1, lambda: [TOK["Push"], TOK["Plank"]])} == {"Plank"}
+    assert guard.fallbacks == 0
+
+
+@pytest.mark.unit
 def test_all_banned_keeps_the_grammar_choice_and_counts_a_fallback() -> None:
     guard = SessionNameGuard(NAMES, VOCAB)
     text = HEAD + S1 + '{"name":"Plank","sets":3,"rest_s":60,"work_s":30},{"name":"'
@@ -75,6 +95,9 @@ def test_block_names_are_the_served_schema_enums(shipped_catalogue: ExerciseCata
     assert names is not None and set(names) == {"warmup", "main", "cooldown"}
     allowed = {e.name for e in shipped_catalogue.suitable("beginner", ["dumbbell"])}
     assert names["main"] <= allowed and names["warmup"] and names["cooldown"]
+    # a 4-day week's sessions are given per day (upper, lower): the guard knows both days' names
+    muscles = {m for n in names["main"] for m in shipped_catalogue.get(n).primary_muscles}  # type: ignore[union-attr]
+    assert {"chest", "quadriceps"} <= muscles
     assert block_names({"type": "object"}) is None
 
 

@@ -20,10 +20,12 @@ import httpx
 import pytest
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.finalize import finalize_plan
 from pumpl_assets.core.grammar import allowed_exercise_names
 from pumpl_assets.core.io import sha256_tree
 from pumpl_assets.core.prompts import request_to_prompt
-from pumpl_assets.core.schemas import RequestSpec, parse_plan
+from pumpl_assets.core.schemas import RequestSpec, WorkoutPlanResponse, parse_plan
+from pumpl_assets.core.validate import validate_example
 from pumpl_serving.testing import REPO_ROOT, ServerProcess, start_server
 
 TOKEN = "test-token-7f3a9c"
@@ -107,7 +109,7 @@ def test_generate_raw_free_form(http: httpx.Client, tiny_model_dir: Path):
     r = http.post("/generate", json=raw)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"text", "plan", "usage", "model", "latency_ms", "request"}
+    assert set(body) == {"text", "plan", "usage", "model", "latency_ms", "request", "adjustments"}
     assert body["request"] is None
     assert isinstance(body["text"], str)
     assert body["plan"] is None  # a free-form answer of a random model is no plan
@@ -155,12 +157,26 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
     assert r.headers["x-constrained"] == "true"
     assert r.headers["x-finish-reason"] == "stop"
     body = r.json()
-    plan = parse_plan(body["text"])  # raises if not schema-valid
+    plan = parse_plan(body["text"])  # raises if not schema-valid: the model's own answer
     assert body["plan"] is not None and body["plan"]["title"] == plan.title
+    # ``plan`` is the model's plan after the served post-step: same exercises (none added), the
+    # order rule and the declared figures settled, each change said in ``adjustments``.
+    cat = _catalogue_for(info)
+    if cat is not None:
+        finished = finalize_plan(spec, plan, cat)
+        assert body["plan"] == finished.plan.model_dump(mode="json", exclude_none=True)
+        assert body["adjustments"] == finished.adjustments
+        out = validate_example(spec, json.dumps(body["plan"]), cat)
+        assert out.adherence is not None
+        failed = {c for c, ok in out.adherence.checks.items() if not ok}
+        # the model's choices may leave no in-range fit (then the declared mean is off too)
+        assert failed <= {"duration", "blocks", "focus", "declared"}, out.reasons
+        assert "declared" not in failed or "duration" in failed, out.reasons
+        for s_model, s_done in zip(plan.sessions, finished.plan.sessions, strict=True):
+            assert {e.name for e in s_done.all_exercises()} <= {e.name for e in s_model.all_exercises()}
     # The canonical layout is read exactly and said back.
     said = {k: v for k, v in body["request"].items() if k not in ("defaults_used", "evidence")}
     assert RequestSpec.model_validate(said) == spec and body["request"]["defaults_used"] == ["focus"]
-    cat = _catalogue_for(info)
     if cat is not None:
         allowed = set(allowed_exercise_names(spec, cat))
         names = {e.name for e in plan.all_exercises()}
@@ -284,7 +300,7 @@ def test_client_corrects_the_understood_request(http: httpx.Client, info: dict[s
 
 
 @pytest.mark.integration
-def test_openai_client_stream_and_non_stream(server: ServerProcess):
+def test_openai_client_stream_and_non_stream(server: ServerProcess, info: dict[str, Any]):
     import openai
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
@@ -315,13 +331,21 @@ def test_openai_client_stream_and_non_stream(server: ServerProcess):
         "focus",
     ]
     assert chunks[0].model_extra["pumpl"]["request"] == said  # type: ignore[index]
-    assert all("pumpl" not in (c.model_extra or {}) for c in chunks[1:])
+    # ... and with it the finished plan (None: 16 tokens are no plan) on the last message / chunk.
+    assert full.model_extra["pumpl"]["plan"] is None  # type: ignore[index]
+    last = [c for c in chunks if "pumpl" in (c.model_extra or {})]
+    assert last[0] is chunks[0] and len(last) == 2, [c.model_extra for c in chunks]
+    assert last[1].model_extra["pumpl"] == {"plan": None, "adjustments": []}  # type: ignore[index]
 
     # A plan request through the OpenAI endpoint is constrained too, canonical or plain language.
     plan_msgs: list[Any] = [{"role": "user", "content": request_to_prompt(SPECS[0])}]
     res = client.chat.completions.create(model="pumpl", messages=plan_msgs, max_tokens=2048, temperature=0.8)
-    parse_plan(res.choices[0].message.content or "")
+    model_plan = parse_plan(res.choices[0].message.content or "")
     assert res.model_extra["pumpl"]["request"]["goal"] == SPECS[0].goal  # type: ignore[index]
+    finished = WorkoutPlanResponse.model_validate(res.model_extra["pumpl"]["plan"])  # type: ignore[index]
+    cat = _catalogue_for(info)
+    assert cat is not None
+    assert finished == finalize_plan(SPECS[0], model_plan, cat).plan
     hiit: list[Any] = [{"role": "user", "content": "Create a 30-minute HIIT workout"}]
     res = client.chat.completions.create(model="pumpl", messages=hiit, max_tokens=2048, temperature=0.8)
     parse_plan(res.choices[0].message.content or "")

@@ -459,3 +459,16 @@ def test_served_grammar_rejects_unsafe_and_out_of_range(catalogue: ExerciseCatal
     bad = json.loads(dump_plan(plan))
     bad["sessions"][0]["main"][idx]["reps"] = 15
     assert not _accepts(grammars, schema, json.dumps(bad, separators=(",", ":")))
+
+
+def test_served_block_sizes_leave_the_count_to_the_model(catalogue: ExerciseCatalogue) -> None:
+    """On the shipped catalogue a normal-length session's main block admits several counts: the
+    grammar's bounds exclude only infeasible sizes, they do not pin a layout."""
+    for goal in ("strength", "hypertrophy", "endurance", "general_fitness", "fat_loss", "mobility"):
+        for d in (3, 4, 5):
+            req = RequestSpec(
+                goal=goal, minutes=45, level="intermediate", equipment=["dumbbell"], days_per_week=d
+            )
+            for sess in request_plan_schema(req, catalogue)["properties"]["sessions"]["prefixItems"]:
+                main = sess["properties"]["main"]
+                assert main["maxItems"] - main["minItems"] >= 2, (goal, d, main["minItems"], main["maxItems"])

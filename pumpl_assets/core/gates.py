@@ -32,8 +32,13 @@ def _get(summary: Mapping[str, float], key: str, default: float = float("nan")) 
 
 
 def model_decided_mean(summary: Mapping[str, float], model: str) -> float:
-    """Mean served pass rate over the checks the served grammar does not guarantee (NaN if absent)."""
-    vals = [summary.get(f"{model}.served.{c}") for c in MODEL_DECIDED_SERVED]
+    """Mean served pass rate over the checks the served grammar does not guarantee, on the model's own
+    answers before the served post-step (``decided.<check>``; older summaries: the plain rates).
+    NaN if absent."""
+    vals = [
+        summary.get(f"{model}.served.decided.{c}", summary.get(f"{model}.served.{c}"))
+        for c in MODEL_DECIDED_SERVED
+    ]
     if any(v is None for v in vals):
         return float("nan")
     return sum(float(v) for v in vals if v is not None) / len(vals)

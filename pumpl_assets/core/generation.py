@@ -49,7 +49,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pumpl_assets.core.io import sha256_text
-from pumpl_assets.core.name_guard import SessionNameGuard, allowed_from_bitmask, block_names, token_texts
+from pumpl_assets.core.name_guard import (
+    SessionNameGuard,
+    allowed_from_bitmask,
+    session_block_names,
+    token_texts,
+)
 
 ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm", "llamacpp")
 _HF_KINDS = ("transformers", "bnb4", "bnb8", "awq")
@@ -172,7 +177,7 @@ class GrammarCache:
 
     def name_guard(self, schema: dict) -> SessionNameGuard | None:
         """A fresh no-repeat guard for a served plan schema (None for any other schema)."""
-        names = block_names(schema)
+        names = session_block_names(schema)
         if names is None:
             return None
         with self._lock:

@@ -3,29 +3,44 @@
 The grammar guarantees what a grammar can honestly guarantee, and nothing that would do the model's
 arithmetic for it:
 
-* the schema (JSON shape, the split / day vocabularies, item counts within the schema's bounds);
+* the schema (JSON shape, item counts within the schema's bounds);
+* **the request's own figures**: ``days_per_week`` is the requested number and ``total_minutes`` lies
+  within the requested length ±10% (the model copies them; nothing to decide);
+* **the split of the standard** (:func:`standard.split_for`: full body for 1-3 days, upper/lower for 4,
+  push/pull/legs for 5-6 [ACSM09]): ``split`` and the sessions' days are fixed by the request, and
+  each session's main work is drawn only from exercises that train that day's muscles
+  (:func:`standard.fits_day`; core work fits every day);
 * **allowed names per block**: warm-ups only from the light dynamic drills and easy cardio, cool-downs
   only from static stretches, main work only from the roles the goal uses — each restricted to what
   the person can do (``catalogue.suitable``: level, equipment, movement-pattern contraindications);
 * **the standard's ranges per role**: each main-block role is its own variant (its names, sets, reps or
-  seconds, rest — interval patterns as exact work:rest pairs), warm-up and cool-down item ranges.
+  seconds, rest — interval patterns as exact work:rest pairs), warm-up and cool-down item ranges;
+* **feasible block sizes**: each block's item count is bounded to the sizes that SOME prescription
+  inside the standard's ranges could fit to the requested length (e.g. one 3-minute warm-up drill
+  cannot make a 5-minute warm-up; twelve main exercises cannot fit a 15-minute session). These are
+  necessary conditions derived from the standard, not a layout: the model still picks the count
+  anywhere inside them.
 
-So these checks cannot fail in served mode (:data:`GUARANTEED_CHECKS`); the model still decides the
-split and its sessions, which exercises go on which day, how many exercises and sets fit the
-requested length (duration), warm-up and cool-down length, order, focus and the declared fields — no
-block count, set count or hold time of any teacher's layout is written into the grammar. Beside the
-grammar, the served decoding of the transformers engines runs :mod:`pumpl_assets.core.name_guard`, which
-removes a name already used in the session, so ``duplicates`` is guaranteed there too (except when a
-block's allowed pool is used up; the check is still scored on every plan).
+So these checks cannot fail in served mode (:data:`GUARANTEED_CHECKS`); the model still decides which
+exercises (and how many) go on each day, their sets, reps and rest inside the ranges, the warm-up and
+cool-down, order, focus and ``main_count`` — no block count, set count or hold time of any teacher's
+layout is written into the grammar. What remains arithmetic — fitting the session to its length,
+order, the declared figures — is done after decoding by :mod:`pumpl_assets.core.finalize`, and scored
+both before (what the model decided) and after (what the person gets). Beside the grammar, the served
+decoding runs :mod:`pumpl_assets.core.name_guard`, which removes a name already used in the session,
+so ``duplicates`` is guaranteed too (except when a block's allowed pool is used up; the check is still
+scored on every plan). A day whose muscles no allowed exercise trains falls back to every allowed main
+exercise (the ``split`` check then scores what the model chose).
 
-Schemas are cached per (equipment, level, limitations, goal) and catalogue; compiled grammars are
-cached separately by :class:`pumpl_assets.core.generation.GrammarCache` (keyed by the schema's hash),
-so a repeated request costs neither a schema build nor a compile.
+Schemas are cached per (equipment, level, limitations, goal, days, minutes) and catalogue; compiled
+grammars are cached separately by :class:`pumpl_assets.core.generation.GrammarCache` (keyed by the
+schema's hash), so a repeated request costs neither a schema build nor a compile.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -33,25 +48,35 @@ from typing import Any
 
 from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
 from pumpl_assets.core.schemas import (
-    DAYS,
-    MAX_COOLDOWN,
+    DURATION_TOLERANCE,
     MAX_MAIN,
-    MAX_SESSIONS,
-    MAX_WARMUP,
-    SPLITS,
+    SECONDS_PER_REP,
+    TRANSITION_SECONDS,
     RequestSpec,
     plan_json_schema,
 )
-from pumpl_assets.core.standard import COOLDOWN, STANDARD, WARMUP, Prescription
+from pumpl_assets.core.standard import (
+    COOLDOWN,
+    SPLIT_DAYS,
+    STANDARD,
+    WARMUP,
+    EdgeBlock,
+    Prescription,
+    cooldown_minutes,
+    fits_day,
+    split_for,
+    warmup_minutes,
+)
 
 # Checks the served decoding makes impossible to fail (the report marks them "guaranteed"): the grammar's
-# five, and no repeat within a session (name_guard, on the engines that evaluation and CPU serving use).
+# six, and no repeat within a session (name_guard, on the engines that evaluation and CPU serving use).
 GUARANTEED_CHECKS: tuple[str, ...] = (
     "catalogue",
     "equipment",
     "level",
     "safety",
     "goal_fidelity",
+    "split",
     "duplicates",
 )
 
@@ -68,7 +93,7 @@ class NoSuitableExercisesError(ValueError):
 
 
 def request_key(request: RequestSpec | None) -> tuple[Any, ...]:
-    """Cache key of the parts of a request that shape the grammar."""
+    """Cache key of the parts of a request that shape the grammar (focus does not)."""
     if request is None:
         return ("*",)
     return (
@@ -76,6 +101,8 @@ def request_key(request: RequestSpec | None) -> tuple[Any, ...]:
         request.level,
         tuple(sorted(request.limitations)),
         request.goal,
+        request.days_per_week,
+        request.minutes,
     )
 
 
@@ -158,53 +185,146 @@ def _one_of(variants: list[dict[str, Any]]) -> dict[str, Any]:
     return variants[0] if len(variants) == 1 else {"oneOf": variants}
 
 
+def _item_seconds(sets: int, amount_s: int, rest_s: int) -> int:
+    return sets * (amount_s + rest_s) + TRANSITION_SECONDS
+
+
+def _main_seconds_range(p: Prescription) -> tuple[int, int]:
+    """Shortest and longest one main exercise can last inside ``p`` (a single set needs no rest)."""
+    if p.patterns:
+        lo = min(_item_seconds(p.sets[0], w, r) for w, r in p.patterns)
+        hi = max(_item_seconds(p.sets[1], w, r) for w, r in p.patterns)
+        return lo, hi
+    amount = (p.reps[0] * SECONDS_PER_REP, p.reps[1] * SECONDS_PER_REP) if p.reps is not None else p.work_s
+    assert amount is not None
+    lo = _item_seconds(p.sets[0], amount[0], p.rest_s[0] if p.sets[0] > 1 else 0)
+    return lo, _item_seconds(p.sets[1], amount[1], p.rest_s[1])
+
+
+def _edge_seconds_range(b: EdgeBlock) -> tuple[int, int]:
+    return _item_seconds(b.sets[0], b.work_s[0], 0), _item_seconds(b.sets[1], b.work_s[1], 0)
+
+
+def _count_bounds(need_lo_s: float, need_hi_s: float, item_s: tuple[int, int], most: int) -> tuple[int, int]:
+    """Item counts for which SOME in-range prescription lasts between ``need_lo_s`` and ``need_hi_s``:
+    at least enough items at their longest to reach the lower bound, at most as many at their
+    shortest as fit under the upper one (clamped to 1..``most``)."""
+    lo = max(1, math.ceil(max(0.0, need_lo_s) / item_s[1] - 1e-9))
+    hi = max(1, min(most, math.floor(need_hi_s / item_s[0] + 1e-9)))
+    return min(lo, hi), hi
+
+
+def block_size_bounds(request: RequestSpec, main_roles: list[Prescription]) -> dict[str, tuple[int, int]]:
+    """Feasible item counts per block for ``request`` (see module doc): necessary conditions from the
+    standard's ranges and the requested length, not a layout."""
+    w_lo, w_hi = (60 * m for m in warmup_minutes(request.minutes))
+    c_lo, c_hi = (60 * m for m in cooldown_minutes(request.minutes))
+    warm_item, cool_item = _edge_seconds_range(WARMUP), _edge_seconds_range(COOLDOWN)
+    warm = _count_bounds(w_lo, w_hi, warm_item, WARMUP.max_items)
+    cool = _count_bounds(c_lo, c_hi, cool_item, COOLDOWN.max_items)
+    # The main block fills what the session leaves once warm-up and cool-down take the most (least)
+    # time they may take.
+    total_lo = 60 * request.minutes * (1 - DURATION_TOLERANCE)
+    total_hi = 60 * request.minutes * (1 + DURATION_TOLERANCE)
+    warm_most = min(w_hi, warm[1] * warm_item[1])
+    cool_most = min(c_hi, cool[1] * cool_item[1])
+    ranges = [_main_seconds_range(p) for p in main_roles]
+    main_item = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    main = _count_bounds(total_lo - warm_most - cool_most, total_hi - w_lo - c_lo, main_item, MAX_MAIN)
+    return {"warmup": warm, "main": main, "cooldown": cool}
+
+
 def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]) -> dict[str, Any]:
     """The served plan schema for ``request`` over the exercises it allows (see module doc)."""
     roles = STANDARD[request.goal][request.level]
     warm = sorted({e.name for e in suitable if e.warmup_ok})
     cool = sorted({e.name for e in suitable if e.cooldown_ok})
-    main: list[dict[str, Any]] = []
-    for role, pres in roles.items():
-        names = sorted({e.name for e in suitable if e.role == role})
-        if names:
-            main += _role_variants(names, pres)
-    missing = [b for b, v in (("warm-up", warm), ("main", main), ("cool-down", cool)) if not v]
+    by_role = {role: [e for e in suitable if e.role == role] for role in roles}
+    used_roles = [pres for role, pres in roles.items() if by_role[role]]
+    missing = [b for b, v in (("warm-up", warm), ("main", used_roles), ("cool-down", cool)) if not v]
     if missing:
         raise NoSuitableExercisesError(
             f"no catalogue exercise suits the {', '.join(missing)} block(s) for level={request.level!r}, "
             f"equipment={request.equipment}, limitations={request.limitations}, goal={request.goal!r}"
         )
-    session = {
-        "type": "object",
-        "properties": {
-            "day": {"type": "string", "enum": list(DAYS)},
-            "main_count": {"type": "integer", "minimum": 1, "maximum": MAX_MAIN},
-            "warmup": {
-                "type": "array", "minItems": 1, "maxItems": MAX_WARMUP,
-                "items": _item(warm, {"work_s": _int(*WARMUP.work_s)}, ["work_s"]),
+    bounds = block_size_bounds(request, used_roles)
+
+    def main_variants(day: str) -> list[dict[str, Any]]:
+        variants: list[dict[str, Any]] = []
+        for role, pres in roles.items():
+            names = sorted({e.name for e in by_role[role] if fits_day(day, e.primary_muscles, e.force)})
+            if names:
+                variants += _role_variants(names, pres)
+        return variants
+
+    def capped(bounds_: tuple[int, int], pool: int) -> tuple[int, int]:
+        # No exercise twice in a session: never more items than distinct names the block allows.
+        hi = max(1, min(bounds_[1], pool))
+        return min(bounds_[0], hi), hi
+
+    def session(day: str) -> dict[str, Any]:
+        # A day no allowed exercise trains falls back to every allowed main exercise (module doc).
+        main = main_variants(day) or main_variants("full_body")
+        pool = len({n for v in main for n in v["properties"]["name"]["enum"]})
+        main_n = capped(bounds["main"], pool)
+        warm_n, cool_n = capped(bounds["warmup"], len(warm)), capped(bounds["cooldown"], len(cool))
+        return {
+            "type": "object",
+            "properties": {
+                "day": {"type": "string", "enum": [day]},
+                "main_count": {"type": "integer", "minimum": 1, "maximum": MAX_MAIN},
+                "warmup": {
+                    "type": "array", "minItems": warm_n[0], "maxItems": warm_n[1],
+                    "items": _item(warm, {"work_s": _int(*WARMUP.work_s)}, ["work_s"]),
+                },
+                "main": {
+                    "type": "array", "minItems": main_n[0], "maxItems": main_n[1],
+                    "items": _one_of(main),
+                },
+                "cooldown": {
+                    "type": "array", "minItems": cool_n[0], "maxItems": cool_n[1],
+                    "items": _item(cool, {"sets": _int(*COOLDOWN.sets), "work_s": _int(*COOLDOWN.work_s)}, ["work_s"]),
+                },
             },
-            "main": {"type": "array", "minItems": 1, "maxItems": MAX_MAIN, "items": _one_of(main)},
-            "cooldown": {
-                "type": "array", "minItems": 1, "maxItems": MAX_COOLDOWN,
-                "items": _item(cool, {"sets": _int(*COOLDOWN.sets), "work_s": _int(*COOLDOWN.work_s)}, ["work_s"]),
-            },
-        },
-        "required": ["day", "main_count", "warmup", "main", "cooldown"],
-        "additionalProperties": False,
-    }  # fmt: skip
+            "required": ["day", "main_count", "warmup", "main", "cooldown"],
+            "additionalProperties": False,
+        }  # fmt: skip
+
+    split = split_for(request.goal, request.days_per_week)
+    days = SPLIT_DAYS[split]
+    lo = math.ceil(request.minutes * (1 - DURATION_TOLERANCE) - 1e-9)
+    hi = math.floor(request.minutes * (1 + DURATION_TOLERANCE) + 1e-9)
     base = plan_json_schema(None, include_optional=False)["properties"]
     return {
         "type": "object",
         "properties": {
             "title": base["title"],
-            "total_minutes": base["total_minutes"],
-            "days_per_week": base["days_per_week"],
-            "split": {"type": "string", "enum": list(SPLITS)},
-            "sessions": {"type": "array", "minItems": 1, "maxItems": MAX_SESSIONS, "items": session},
+            "total_minutes": {"type": "integer", "minimum": lo, "maximum": hi},
+            "days_per_week": {"type": "integer", "enum": [request.days_per_week]},
+            "split": {"type": "string", "enum": [split]},
+            "sessions": {
+                "type": "array",
+                "prefixItems": [session(d) for d in days],
+                "items": False,
+                "minItems": len(days),
+                "maxItems": len(days),
+            },
         },
         "required": ["title", "total_minutes", "days_per_week", "split", "sessions"],
         "additionalProperties": False,
     }
+
+
+def without_prefix_items(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its per-day sessions (``prefixItems``) as one ``items: {anyOf: [...]}``, for
+    schema dialects without ``prefixItems`` (the Messages API's strict tools): every session is one of
+    the days, and the teacher's answer is validated against the split like any other (copy)."""
+    out = copy.deepcopy(schema)
+    sessions = out["properties"]["sessions"]
+    days = sessions.pop("prefixItems", None)
+    if days is not None:
+        sessions["items"] = days[0] if len(days) == 1 else {"anyOf": days}
+    return out
 
 
 def clear_cache() -> None:

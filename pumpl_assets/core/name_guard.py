@@ -28,43 +28,59 @@ _NAME_KEY = '"name":"'
 _DONE_NAME = re.compile(r'"name":"([^"\\]*)"')
 
 
-def block_names(schema: dict[str, Any]) -> dict[str, frozenset[str]] | None:
-    """Allowed names per session block (warmup / main / cooldown) of a served plan schema; None when the
-    schema is not one (no sessions, or a block without a name enum)."""
+def session_block_names(schema: dict[str, Any]) -> list[dict[str, frozenset[str]]] | None:
+    """Allowed names per block for each session of a served plan schema, in order (sessions given per
+    day with ``prefixItems``: one entry each; one ``items`` schema: one entry for every session)."""
     try:
-        session = schema["properties"]["sessions"]["items"]["properties"]
-    except (KeyError, TypeError):
+        sessions = schema["properties"]["sessions"]
+        items = sessions.get("prefixItems") or [sessions["items"]]
+        day_props = [s["properties"] for s in items]
+    except (KeyError, TypeError, AttributeError):
         return None
-    out: dict[str, frozenset[str]] = {}
-    for block in ("warmup", "main", "cooldown"):
-        items = session.get(block, {}).get("items", {})
-        variants = items.get("oneOf", [items])
-        names: set[str] = set()
-        for v in variants:
-            enum = v.get("properties", {}).get("name", {}).get("enum")
-            if not enum:
-                return None
-            names.update(enum)
-        out[block] = frozenset(names)
+    out: list[dict[str, frozenset[str]]] = []
+    for session in day_props:
+        blocks: dict[str, frozenset[str]] = {}
+        for block in ("warmup", "main", "cooldown"):
+            block_items = session.get(block, {}).get("items", {})
+            names: set[str] = set()
+            for v in block_items.get("oneOf", [block_items]):
+                enum = v.get("properties", {}).get("name", {}).get("enum")
+                if not enum:
+                    return None
+                names.update(enum)
+            blocks[block] = frozenset(names)
+        out.append(blocks)
     return out
+
+
+def block_names(schema: dict[str, Any]) -> dict[str, frozenset[str]] | None:
+    """Allowed names per session block (warmup / main / cooldown) of a served plan schema, over all its
+    sessions; None when the schema is not one (no sessions, or a block without a name enum)."""
+    per_session = session_block_names(schema)
+    if per_session is None:
+        return None
+    return {b: frozenset().union(*(s[b] for s in per_session)) for b in ("warmup", "main", "cooldown")}
 
 
 @dataclass
 class SessionNameGuard:
-    """One row's guard; ``token_text[i]`` is the decoded text of token ``i``."""
+    """One row's guard; ``token_text[i]`` is the decoded text of token ``i``. ``names``: allowed names
+    per block, one dict for every session, or a list with one dict per session in order (each day of
+    a split allows its own names; the last entry serves any further session)."""
 
-    names: dict[str, frozenset[str]]
+    names: dict[str, frozenset[str]] | list[dict[str, frozenset[str]]]
     token_text: Sequence[str]
     fallbacks: int = 0
     banned_tokens: int = 0
-    _sorted: dict[str, list[str]] = field(default_factory=dict)
+    _sorted: list[dict[str, list[str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._sorted = {b: sorted(n) for b, n in self.names.items()}
+        per_session = self.names if isinstance(self.names, list) else [self.names]
+        self._sorted = [{b: sorted(n) for b, n in s.items()} for s in per_session]
 
-    def _state(self, text: str) -> tuple[str, str, set[str]] | None:
-        """(block, the name written so far — "" at its first character —, names already used in the
-        session) while ``text`` ends inside an exercise name of a session; None anywhere else."""
+    def _state(self, text: str) -> tuple[int, str, str, set[str]] | None:
+        """(session index, block, the name written so far — "" at its first character —, names already
+        used in the session) while ``text`` ends inside an exercise name of a session; None elsewhere."""
         start = text.rfind(_SESSION_START)
         if start < 0:
             return None
@@ -79,11 +95,11 @@ class SessionNameGuard:
         if block_at[0] < 0:
             return None
         used = set(_DONE_NAME.findall(seg[:pos]))
-        return block_at[1], partial, used
+        return text.count(_SESSION_START) - 1, block_at[1], partial, used
 
-    def _alive(self, block: str, prefix: str, used: set[str]) -> bool:
-        """Some allowed, unused name of ``block`` starts with ``prefix``."""
-        names = self._sorted[block]
+    def _alive(self, session: int, block: str, prefix: str, used: set[str]) -> bool:
+        """Some allowed, unused name of ``block`` in that session starts with ``prefix``."""
+        names = self._sorted[min(session, len(self._sorted) - 1)][block]
         i = bisect.bisect_left(names, prefix)
         while i < len(names) and names[i].startswith(prefix):
             if names[i] not in used:
@@ -97,7 +113,7 @@ class SessionNameGuard:
         state = self._state(text)
         if state is None:
             return []
-        block, partial, used = state
+        session, block, partial, used = state
         if not used:
             return []
         allowed = allowed_fn()
@@ -107,7 +123,7 @@ class SessionNameGuard:
             if '"' in piece:
                 if partial + piece[: piece.index('"')] in used:
                     out.append(tok)
-            elif piece and not self._alive(block, partial + piece, used):
+            elif piece and not self._alive(session, block, partial + piece, used):
                 out.append(tok)
         if len(out) == len(allowed):
             self.fallbacks += 1  # the block's pool is exhausted: keep the grammar's choice

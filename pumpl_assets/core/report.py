@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 
 from pumpl_assets.core.evaluate import RATE_METRICS
+from pumpl_assets.core.finalize import FINALIZED_CHECKS, FITTED_CHECKS
 from pumpl_assets.core.grammar import GUARANTEED_CHECKS
 
 COLUMNS = (
@@ -23,19 +24,31 @@ def _pct(v: float | None) -> str:
 def check_table_markdown(
     summary: Mapping[str, float], causes: Mapping[str, Mapping[str, list[tuple[str, int]]]] | None = None
 ) -> str:
-    """Per-check pass rates for base / adapter × unconstrained / served, which checks the served
-    grammar guarantees, and the adapter's most common served failure cause per check."""
+    """Per-check pass rates for base / adapter × unconstrained / served (what the person gets, after
+    the served post-step) and the adapter's served answer as the model wrote it; who settles each
+    check when served (grammar, post-step, fitted by the post-step when the model's choices allow,
+    model); and the adapter's most common served failure cause per check."""
     head = (
-        "| check | " + " | ".join(f"{m} {mode}" for m, mode in COLUMNS) + " | served: | top served failure |"
+        "| check | "
+        + " | ".join(f"{m} {mode}" for m, mode in COLUMNS)
+        + " | adapter served, model's answer | served: | top served failure |"
     )
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     served_causes = (causes or {}).get("adapter.served", {})
     for metric in RATE_METRICS:
         vals = " | ".join(_pct(summary.get(f"{m}.{mode}.{metric}")) for m, mode in COLUMNS)
+        decided = summary.get(f"adapter.served.decided.{metric}")
+        if metric == "model_adherence":
+            decided = summary.get("adapter.served.model_adherence")
+        vals += f" | {_pct(decided)}"
         if metric in ("adherence", "model_adherence", "plan_safety"):
             who = "—"
         elif metric in GUARANTEED_CHECKS or metric in ("json_valid", "schema_valid"):
-            who = "guaranteed"
+            who = "grammar"
+        elif metric in FINALIZED_CHECKS:
+            who = "post-step"
+        elif metric in FITTED_CHECKS:
+            who = "fitted"
         else:
             who = "model"
         top = served_causes.get(metric) or []

@@ -50,7 +50,7 @@ from typing import Any, Literal
 import anthropic
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
-from pumpl_assets.core.grammar import NoSuitableExercisesError, standard_plan_schema
+from pumpl_assets.core.grammar import NoSuitableExercisesError, standard_plan_schema, without_prefix_items
 from pumpl_assets.core.prompts import request_to_prompt
 from pumpl_assets.core.schemas import (
     RequestSpec,
@@ -188,7 +188,7 @@ class ClaudeTeacher:
             schema = standard_plan_schema(request, suitable)
         except NoSuitableExercisesError:
             return None
-        return anthropic.transform_schema(schema)
+        return anthropic.transform_schema(without_prefix_items(schema))
 
     def _request_kwargs(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {

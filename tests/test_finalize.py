@@ -96,7 +96,8 @@ def test_fits_length_order_and_figures_inside_the_standard(
     catalogue: ExerciseCatalogue, planned: list[tuple[RequestSpec, WorkoutPlanResponse]]
 ) -> None:
     rng = random.Random(5)
-    before, after = Counter(), Counter()
+    before: Counter[str] = Counter()
+    after: Counter[str] = Counter()
     for req, plan in planned:
         raw = _perturb(plan, req, catalogue, rng)
         done = finalize_plan(req, raw, catalogue)
@@ -108,9 +109,9 @@ def test_fits_length_order_and_figures_inside_the_standard(
             assert a[check] or not b[check], (check, req.key(), done.adjustments)
         assert (a["order"] and a["declared"]) or not a["duration"], (req.key(), done.adjustments)
         # nothing invented or renamed; a dropped exercise is said
-        for s_raw, s_done in zip(_names(raw), _names(done.plan), strict=True):
-            assert not s_done - s_raw
-            assert (s_raw == s_done) or any("dropped" in x for x in done.adjustments)
+        for names_raw, names_done in zip(_names(raw), _names(done.plan), strict=True):
+            assert not names_done - names_raw
+            assert (names_raw == names_done) or any("dropped" in x for x in done.adjustments)
         # reps (the model's choice of intensity) are never touched
         for s_raw, s_done in zip(raw.sessions, done.plan.sessions, strict=True):
             reps_raw = {e.name: e.reps for e in s_raw.main if isinstance(e, RepsExercise)}

@@ -125,7 +125,7 @@ def test_served_decoding_runs_the_guard_and_plans_stay_valid(
     eng = load_engine("transformers", tiny_model_dir, dtype="float32")
     assert isinstance(eng, HFEngine)
     reqs = [
-        RequestSpec(goal=g, minutes=45, level="beginner", equipment=["dumbbell"], days_per_week=d)
+        RequestSpec(goal=g, minutes=45, level="beginner", equipment=["dumbbell"], days_per_week=d)  # type: ignore[arg-type]
         for g, d in (("hypertrophy", 4), ("strength", 3))
     ]
     try:

@@ -123,7 +123,7 @@ def test_main_run_is_in_postgres_with_every_materialization_and_check(
     try:
         with engine.connect() as conn:
             q = lambda sql: conn.execute(sa.text(sql), {"r": run.run_id}).all()  # noqa: E731
-            by_type = dict(
+            by_type: dict[str, int] = dict(
                 q(
                     "SELECT coalesce(dagster_event_type, 'log message'), count(*) FROM event_logs "
                     "WHERE run_id = :r GROUP BY 1 ORDER BY 2 DESC"

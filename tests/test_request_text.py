@@ -143,7 +143,7 @@ def test_hostile_text_is_fast_and_valid() -> None:
     import time
 
     t0 = time.perf_counter()
-    hostile = (
+    hostile: tuple[str, ...] = (
         "a" * 8000,
         "knee " * 1600,
         "1" * 8000,

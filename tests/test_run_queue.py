@@ -136,7 +136,9 @@ def test_queue_keeps_partitions_and_gpu_pool_exclusive(
                 )
         # ... and the second run of a partition was only dequeued after the first one ended.
         for part in {p for p in GPU_RUNS if GPU_RUNS.count(p) > 1}:
-            first, second = sorted((rid for rid in ids if by_id[rid]["partition"] == part), key=dequeued.get)
+            first, second = sorted(
+                (rid for rid in ids if by_id[rid]["partition"] == part), key=lambda rid: dequeued[rid]
+            )
             assert dequeued[second] >= spans[first][1] - 0.5, (part, dequeued[second], spans[first])
 
         # 2. Never two gpu-pool steps at once (the steps' own clocks), and the pool's limit is 1.

@@ -23,7 +23,7 @@ def write_tiny_split(n_train: int = 10, n_val: int = 2) -> Path:
         rows = [_example(i) for i in idx]
         return pl.DataFrame(
             {
-                "request_json": [r.request.model_dump_json() for r in rows if r.request is not None],
+                "request_json": [r.request.model_dump_json() if r.request is not None else "" for r in rows],
                 "plan_json": [r.assistant for r in rows],
                 "source": ["test"] * len(rows),
             }

@@ -67,6 +67,19 @@ from pumpl_serving.model_source import EngineSlot, Loaded, ModelRef, RegistryPol
 log = logging.getLogger("pumpl_serving")
 
 MAX_TOKENS_LIMIT = 2048
+# Budgets when a client sets no max_tokens. A plan is decoded under its grammar, which closes it; the
+# budget is only a guard, so it is the largest one (a 6-day split runs past 1,000 tokens; the former
+# 448 default cut about half the test split's plans mid-JSON, answering 200 with plan: null). Free
+# text (raw, or a caller's own json_schema) keeps a short default.
+PLAN_MAX_TOKENS = MAX_TOKENS_LIMIT
+DEFAULT_MAX_TOKENS = 448
+
+
+def default_max_tokens(plan_grammar: bool) -> int:
+    """The budget for a request that sets no ``max_tokens`` (see :data:`PLAN_MAX_TOKENS`)."""
+    return PLAN_MAX_TOKENS if plan_grammar else DEFAULT_MAX_TOKENS
+
+
 MAX_CHAT_CHARS = 12_000
 
 
@@ -453,8 +466,9 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                     spec = job.understood.spec if job.understood is not None else None
                     user = model_user_message(r.prompt, job.understood)
                     job.prompt = self._render(engine, user, r.system_prompt)
-                    _, max_new = self._budget(engine, job.prompt, r.max_tokens)
                     job.schema = self._schema_for(spec) if constrained else None
+                    wanted = r.max_tokens or default_max_tokens(spec is not None and job.schema is not None)
+                    _, max_new = self._budget(engine, job.prompt, wanted)
                     job.params = GenerationParams(
                         max_new_tokens=max_new,
                         temperature=r.temperature,
@@ -760,7 +774,11 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
                     understood = parse_request(last_user)
                     schema = self._schema_for(understood.spec)
                 prompt = self._chat_prompt(engine, request, understood)
-                max_tokens = request.max_completion_tokens or request.max_tokens or 448
+                max_tokens = (
+                    request.max_completion_tokens
+                    or request.max_tokens
+                    or default_max_tokens(understood is not None and schema is not None)
+                )
                 n_prompt, max_new = self._budget(engine, prompt, max_tokens)
             except ItemError as exc:
                 self.metrics["item_errors"] += 1

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 bash scripts/install_browser.sh  # headless Chromium for tests/test_ui.py (never fails; tests skip/CI-fail without it)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/pytest -m "not gpu" "$@"
+.venv/bin/pytest -m "not gpu" --durations=25 "$@"  # the 25 slowest tests, for the CI-time budget
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2

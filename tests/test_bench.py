@@ -17,7 +17,7 @@ import pytest
 from bench.common import Metric, median, percentile
 from bench.run import BENCHMARKS, select
 
-CHEAP = ["train", "decode", "eval", "orchestration"]
+CHEAP = ["train", "decode", "eval", "hotpaths", "orchestration"]
 
 
 @pytest.mark.unit
@@ -89,7 +89,7 @@ def test_quick_run_writes_a_complete_report(
     assert report["settings"]["model_dir"] == str(tiny_model_dir.resolve())
     assert list(report["benchmarks"]) == CHEAP
 
-    for name in ("train", "decode", "eval"):
+    for name in ("train", "decode", "eval", "hotpaths"):
         assert report["benchmarks"][name]["status"] == "ok", report["benchmarks"][name].get("error")
     orch = report["benchmarks"]["orchestration"]
     assert orch["status"] == "no_data" and orch["metrics"] == []
@@ -108,6 +108,10 @@ def test_quick_run_writes_a_complete_report(
         assert m["value"] > 0 and len(m["runs"]) == 1
         assert math.isclose(m["ratio"], m["value"] / m["baseline_value"], rel_tol=1e-9)
     assert names["train_tokens_per_s"]["baseline_name"].startswith("TRL SFTTrainer")
+    # The new paths against the stock ones, same run: the in-place cache decodes the same tokens.
+    for name in ("training step, packed attention", "served-plan decode, in-place KV cache"):
+        assert names[name]["value"] > 0 and names[name]["ratio"] > 0, names[name]
+    assert names["served-plan decode, in-place KV cache"]["details"]["same_tokens"] == [1.0]
     assert len(names["train_tokens_per_s"]["baseline_runs"]) == 1
     assert names["eval_same_outputs"]["value"] is not None
 

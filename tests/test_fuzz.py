@@ -204,7 +204,7 @@ def bound_generation(case: Any) -> None:
     if case.path == CHAT and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = MAX_NEW_TOKENS
     # Every /generate prompt is now a plan request decoded under its grammar: without a budget the
-    # default (448 tokens) would decode a whole plan per case.
+    # default (a whole plan: PLAN_MAX_TOKENS) would decode a long plan per case.
     if case.path == GENERATE and "max_tokens" not in body:
         body["max_tokens"] = MAX_NEW_TOKENS
 

@@ -184,6 +184,24 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
 
 
 @pytest.mark.integration
+def test_a_request_without_max_tokens_gets_a_whole_plan(http: httpx.Client):
+    """No ``max_tokens``: a plan request is budgeted for a whole plan, free text keeps the short default."""
+    from pumpl_serving.api import DEFAULT_MAX_TOKENS, PLAN_MAX_TOKENS
+
+    body = {"prompt": request_to_prompt(SPECS[2]), "temperature": 0.9, "seed": 7}  # a 4-day split
+    default = http.post("/generate", json=body)
+    assert default.status_code == 200, default.text
+    assert default.headers["x-finish-reason"] == "stop"  # the grammar closed it, no budget cut it
+    explicit = http.post("/generate", json={**body, "max_tokens": PLAN_MAX_TOKENS}).json()
+    assert default.json()["text"] == explicit["text"]
+    used = default.json()["usage"]["completion_tokens"]
+    assert used > DEFAULT_MAX_TOKENS  # the former 448 default would have cut this plan mid-JSON
+    raw = http.post("/generate", json={"prompt": "Say hello", "raw": True, "temperature": 0.9, "seed": 3})
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["usage"]["completion_tokens"] <= DEFAULT_MAX_TOKENS
+
+
+@pytest.mark.integration
 def test_constrained_from_body_fields_and_opt_out(http: httpx.Client, info: dict[str, Any]):
     r = http.post(
         "/generate",

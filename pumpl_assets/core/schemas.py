@@ -288,7 +288,9 @@ class InferenceRequest(_Strict):
     """Body of ``POST /generate``."""
 
     prompt: str = Field(min_length=1, max_length=8000)
-    max_tokens: int = Field(default=448, ge=1, le=2048)
+    # None: a plan request gets a whole plan's budget (pumpl_serving.api.PLAN_MAX_TOKENS; the grammar
+    # closes the plan well before), free text DEFAULT_MAX_TOKENS.
+    max_tokens: int | None = Field(default=None, ge=1, le=2048)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] | None = Field(default=None, max_length=4)

@@ -2,7 +2,7 @@
 
 * **training step, packed attention** — the project's trainer (catalogue recipe: packed rows,
   answer-only LM head, bf16 autocast) on offline-teacher plans, with attention per packed example
-  (:mod:`pumpl_assets.core.training.packed_attention`, the default) vs the stock ``sdpa`` path
+  (:mod:`pumpl_assets.core.training.packed_attention`, recipe ``packed_attention=True``) vs the stock ``sdpa`` path
   over the whole row with transformers' block-diagonal mask (baseline). Same examples, steps and
   seed; runs alternate. ``value`` = training tokens/s; the final losses are recorded.
 * **served-plan decode, in-place KV cache** — full constrained plans (the request-aware grammar
@@ -12,8 +12,8 @@
   ``DynamicCache`` (baseline, which re-copies the cache every step). Runs alternate;
   ``same tokens`` = fraction of plans decoded token-for-token identically (expected 1.0).
 
-The baselines are reached by switching the new path off in this process (the functions the
-production code calls are swapped for ones that decline), not by a second code copy.
+The baselines are reached by switching the new path off in this process (the recipe flag; for the
+cache, the function the engine calls is swapped for one that declines), not by a second code copy.
 """
 
 from __future__ import annotations
@@ -44,18 +44,6 @@ SIZES = {
 
 
 @contextlib.contextmanager
-def _stock_attention() -> Iterator[None]:
-    from pumpl_assets.core.training import recipe_plain
-
-    real = recipe_plain.use_packed_attention
-    recipe_plain.use_packed_attention = lambda model: False  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        recipe_plain.use_packed_attention = real  # type: ignore[assignment]
-
-
-@contextlib.contextmanager
 def _stock_cache() -> Iterator[None]:
     from pumpl_assets.core import kv_cache
 
@@ -67,11 +55,17 @@ def _stock_cache() -> Iterator[None]:
         kv_cache.preallocated_cache = real  # type: ignore[assignment]
 
 
-def _train(ctx: Context, train: list[Any], steps: int, out_dir: Path) -> dict[str, Any]:
-    from bench.bench_train import run_ours
+def _train(ctx: Context, train: list[Any], steps: int, out_dir: Path, *, packed: bool) -> dict[str, Any]:
+    """One fresh run of the project's trainer (bench_train's "ours"), attention per example or stock."""
+    from bench import bench_train
 
     shutil.rmtree(out_dir, ignore_errors=True)
-    return run_ours(ctx, train, steps, out_dir)
+    real = bench_train._cfg
+    bench_train._cfg = lambda c, n: real(c, n).model_copy(update={"packed_attention": packed})  # type: ignore[assignment]
+    try:
+        return bench_train.run_ours(ctx, train, steps, out_dir)
+    finally:
+        bench_train._cfg = real  # type: ignore[assignment]
 
 
 def _decode(
@@ -105,14 +99,13 @@ def run(ctx: Context) -> BenchResult:
     # -- training step ---------------------------------------------------------------------
     train, failed = build_examples(sizes["train_examples"], ctx.seed, ctx.catalogue_path)
     ctx.log(f"hotpaths: training warm-up ({len(train)} examples, {failed} unplannable requests left out)")
-    _train(ctx, train, 1, work / "warm")
+    _train(ctx, train, 1, work / "warm", packed=True)
     ours: list[dict[str, Any]] = []
     stock: list[dict[str, Any]] = []
     for i in range(ctx.repeats):
         ctx.log(f"hotpaths: training run {i + 1}/{ctx.repeats}: packed attention, then stock sdpa")
-        ours.append(_train(ctx, train, sizes["train_steps"], work / "packed"))
-        with _stock_attention():
-            stock.append(_train(ctx, train, sizes["train_steps"], work / "stock"))
+        ours.append(_train(ctx, train, sizes["train_steps"], work / "packed", packed=True))
+        stock.append(_train(ctx, train, sizes["train_steps"], work / "stock", packed=False))
     ours_tps, stock_tps = (
         median([r["tokens_per_s"] for r in ours]),
         median([r["tokens_per_s"] for r in stock]),

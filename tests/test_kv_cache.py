@@ -98,3 +98,18 @@ def test_engine_decodes_the_same_tokens_as_with_dynamic_cache(
     stock = engine.generate(prompts, params)
     assert [g.token_ids for g in fast] == [g.token_ids for g in stock]
     assert [len(g.token_ids) for g in fast] == [40, 7, 23]
+
+
+def test_dropping_rows_moves_only_the_filled_prefix_in_place() -> None:
+    """Finished rows leave without reallocating: the buffer's unwritten capacity is never copied."""
+    layer: Any = PreallocatedLayer(capacity=64)
+    k, v = _kv(4, 3, 0)
+    layer.update(k, v)
+    base_ptr = layer._kbuf.data_ptr()
+    layer.batch_select_indices(torch.tensor([1, 3]))
+    assert layer._kbuf.data_ptr() == base_ptr and layer._kbuf.shape[0] == 2
+    assert torch.equal(layer.keys, k[[1, 3]]) and torch.equal(layer.values, v[[1, 3]])
+    k2, v2 = _kv(2, 1, 1)
+    layer.update(k2, v2)  # appending after a drop still writes in place
+    assert layer._kbuf.data_ptr() == base_ptr
+    assert torch.equal(layer.keys, torch.cat([k[[1, 3]], k2], dim=-2))

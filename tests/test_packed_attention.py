@@ -93,3 +93,20 @@ def test_a_model_on_another_attention_is_left_alone(tiny_model_dir: Path) -> Non
     model: Any = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
     assert not use_packed_attention(model)
     assert model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_recipe_flag_chooses_the_attention_path(
+    tiny_model_dir: Path, tmp_path: Path, packed: bool
+) -> None:
+    from pumpl_assets.core.schemas import TrainingConfig
+    from pumpl_assets.core.training import run
+    from tests.test_training import _example
+
+    cfg = TrainingConfig(
+        backend="peft", rank=4, alpha=8, max_steps=2, warmup_steps=0, seq_len=1024, packed_attention=packed
+    )
+    assert TrainingConfig().packed_attention is False  # the stock path stays the default (schemas.py)
+    result = run.train_lora(tiny_model_dir, cfg, [_example(i) for i in range(4)], [], tmp_path, device="cpu")
+    assert result.extra["attention"] == ("packed_sdpa" if packed else "stock")
+    assert result.steps == 2

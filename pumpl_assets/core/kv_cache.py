@@ -55,10 +55,17 @@ class PreallocatedLayer(DynamicLayer):
         return self._len
 
     def batch_select_indices(self, indices: Any) -> None:
-        if self._kbuf is not None:
-            self._kbuf = self._kbuf[indices]
-            self._vbuf = self._vbuf[indices]
-            self._refresh_views()
+        """Keep rows ``indices``: only their filled prefix moves, to the front of the same buffer
+        (gathering whole buffers would copy the unwritten capacity too: ~0.8 GB per finished row at
+        batch 16 with a plan's budget, which made evaluation slower than ``DynamicCache``)."""
+        if self._kbuf is None:
+            return
+        keep, n = int(indices.numel()), self._len
+        if n:
+            self._kbuf[:keep, :, :n] = self._kbuf[indices, :, :n]  # the gather copies first: no aliasing
+            self._vbuf[:keep, :, :n] = self._vbuf[indices, :, :n]
+        self._kbuf, self._vbuf = self._kbuf[:keep], self._vbuf[:keep]
+        self._refresh_views()
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove < 0 and self._kbuf is not None:

@@ -4,8 +4,8 @@ Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP show
 (measured faster than SFTTrainer with default settings, see bench/train_recipe.py):
 
 * packs whole examples into ``seq_len`` rows (position ids restart per example), so no compute
-  goes to padding, and attends per example (:mod:`.packed_attention`), so none goes to the
-  cross-example blocks a block-diagonal mask would still compute;
+  goes to padding, and (``packed_attention``) attends per example (:mod:`.packed_attention`), so
+  none goes to the cross-example blocks a block-diagonal mask would still compute;
 * computes the LM head and cross-entropy ONLY on answer positions (the prompt is ~40% of
   the tokens and the 49k-vocab head is ~20% of the model's FLOPs) instead of full logits;
 * fp32 master weights, with bf16 autocast when the recipe asks for it (``autocast_bf16``: ~2x on
@@ -183,7 +183,8 @@ class PlainRecipe:
 
         packing = self.session.packing
         # Packed rows: attention per example, not over the whole row (same result, ~40% of a CPU step).
-        attention = "packed_sdpa" if packing and use_packed_attention(self.model) else "stock"
+        per_example = packing and cfg.packed_attention and use_packed_attention(self.model)
+        attention = "packed_sdpa" if per_example else "stock"
         per_epoch = data.batches_per_epoch(
             tok_train, packing=packing, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed
         )

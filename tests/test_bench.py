@@ -108,10 +108,9 @@ def test_quick_run_writes_a_complete_report(
         assert m["value"] > 0 and len(m["runs"]) == 1
         assert math.isclose(m["ratio"], m["value"] / m["baseline_value"], rel_tol=1e-9)
     assert names["train_tokens_per_s"]["baseline_name"].startswith("TRL SFTTrainer")
-    # The new paths against the stock ones, same run: the in-place cache decodes the same tokens.
-    for name in ("training step, packed attention", "served-plan decode, in-place KV cache"):
-        assert names[name]["value"] > 0 and names[name]["ratio"] > 0, names[name]
-    assert names["served-plan decode, in-place KV cache"]["details"]["same_tokens"] == [1.0]
+    # Per-example attention against the stock path, same run.
+    packed = names["training step, packed attention"]
+    assert packed["value"] > 0 and packed["ratio"] > 0, packed
     assert len(names["train_tokens_per_s"]["baseline_runs"]) == 1
     assert names["eval_same_outputs"]["value"] is not None
 

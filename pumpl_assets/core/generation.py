@@ -19,9 +19,8 @@ strings and grammar:
 
 * prompts are rendered texts (:func:`pumpl_assets.core.prompts.render_prompt`) and are
   tokenized with ``add_special_tokens=False`` (the template already carries BOS/turn tokens);
-* left padding + attention mask + explicit position ids, a KV cache written in place
-  (:mod:`pumpl_assets.core.kv_cache`), logits of the last position only; finished rows are
-  dropped from the batch (cache rows selected away);
+* left padding + attention mask + explicit position ids, KV cache, logits of the last
+  position only; finished rows are dropped from the batch (cache rows selected away);
 * a row stops on any end-of-turn id (the union of the config's, generation config's and
   tokenizer's EOS ids), on one of its stop strings (text cut before it), or at its
   ``max_new_tokens`` (``finish_reason="length"``);
@@ -386,10 +385,7 @@ class HFEngine:
         bitmask = xgr.allocate_token_bitmask(n, self.vocab_size) if any(r.matcher for r in rows) else None
         stop_ids = set(self.stop_token_ids)
         active = list(range(n))  # rows still in the batch, in cache order
-        from pumpl_assets.core.kv_cache import preallocated_cache
-
-        # K/V written in place (DynamicCache re-copies the whole cache every step; see kv_cache).
-        cache: Any = preallocated_cache(self.model, width + max(r.params.max_new_tokens for r in rows))
+        cache: Any = None
         step_ids, step_pos = ids, positions
         stats = {
             "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(n),

@@ -179,7 +179,7 @@ def test_catalogue_partitions_and_missing_model_message(
     from pumpl_assets.core.basemodel import check_model_available
 
     assert list(CATALOGUE) == ["smollm2-135m", "qwen3-4b", "llama-3.1-8b", "mistral-7b"]
-    assert get_spec("smollm2-135m").awq_group_size == 32
+    assert get_spec("smollm2-135m").awq_group_size == 64
     assert get_spec("mistral-7b").prompt_style == "mistral_inst"
     with pytest.raises(KeyError, match="known"):
         get_spec("gpt-9")

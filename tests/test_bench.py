@@ -17,7 +17,7 @@ import pytest
 from bench.common import Metric, median, percentile
 from bench.run import BENCHMARKS, select
 
-CHEAP = ["train", "decode", "eval", "hotpaths", "orchestration"]
+CHEAP = ["train", "decode", "eval", "attention", "hotpaths", "orchestration"]
 
 
 @pytest.mark.unit
@@ -89,7 +89,7 @@ def test_quick_run_writes_a_complete_report(
     assert report["settings"]["model_dir"] == str(tiny_model_dir.resolve())
     assert list(report["benchmarks"]) == CHEAP
 
-    for name in ("train", "decode", "eval", "hotpaths"):
+    for name in ("train", "decode", "eval", "attention", "hotpaths"):
         assert report["benchmarks"][name]["status"] == "ok", report["benchmarks"][name].get("error")
     orch = report["benchmarks"]["orchestration"]
     assert orch["status"] == "no_data" and orch["metrics"] == []
@@ -113,6 +113,13 @@ def test_quick_run_writes_a_complete_report(
     assert packed["value"] > 0 and packed["ratio"] > 0, packed
     assert len(names["train_tokens_per_s"]["baseline_runs"]) == 1
     assert names["eval_same_outputs"]["value"] is not None
+    # Grouped decode attention against transformers' stock sdpa, same prompts, same run.
+    grouped = names["served_plan_tokens_per_s"]
+    assert grouped["baseline_name"].startswith("stock sdpa decode") and grouped["ratio"] > 0, grouped
+    assert report["benchmarks"]["attention"]["details"]["attention_implementations"] == {
+        "stock": "sdpa",
+        "grouped": "pumpl_grouped_decode_sdpa",
+    }
 
     md = (out / "report.md").read_text()
     assert "## train (ok" in md and "## orchestration (no_data" in md

@@ -21,6 +21,9 @@ strings and grammar:
   tokenized with ``add_special_tokens=False`` (the template already carries BOS/turn tokens);
 * left padding + attention mask + explicit position ids, KV cache, logits of the last
   position only; finished rows are dropped from the batch (cache rows selected away);
+* on CPU a grouped-query model's decode steps run one SDPA per key/value head
+  (:mod:`pumpl_assets.core.decode_attention`, ``decode_attention="grouped"``, the default; ~3×
+  faster steps on long plans); ``"stock"`` keeps transformers' own ``sdpa`` path;
 * a row stops on any end-of-turn id (the union of the config's, generation config's and
   tokenizer's EOS ids), on one of its stop strings (text cut before it), or at its
   ``max_new_tokens`` (``finish_reason="length"``);
@@ -46,7 +49,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pumpl_assets.core.io import sha256_text
 from pumpl_assets.core.name_guard import (
@@ -58,6 +61,8 @@ from pumpl_assets.core.name_guard import (
 
 ENGINE_KINDS: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm", "llamacpp")
 _HF_KINDS = ("transformers", "bnb4", "bnb8", "awq")
+DecodeAttention = Literal["grouped", "stock"]
+DECODE_ATTENTIONS: tuple[str, ...] = ("grouped", "stock")
 
 
 @dataclass
@@ -296,6 +301,8 @@ class HFEngine:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         )
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.attention = str(getattr(base.config, "_attn_implementation", None))
         self._grammars: GrammarCache | None = None
         # Timing of the last decode loop: steps, model forward seconds, grammar (mask + accept) seconds.
         self.last_stats: dict[str, float] = {}
@@ -542,7 +549,15 @@ class HFEngine:
             row.finish_reason = "length"
 
 
-def _load_hf(kind: str, path: Path, *, adapter_path: Path | None, device: str, dtype: str) -> HFEngine:
+def _load_hf(
+    kind: str,
+    path: Path,
+    *,
+    adapter_path: Path | None,
+    device: str,
+    dtype: str,
+    decode_attention: DecodeAttention = "grouped",
+) -> HFEngine:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -581,6 +596,10 @@ def _load_hf(kind: str, path: Path, *, adapter_path: Path | None, device: str, d
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if decode_attention == "grouped" and dev == "cpu":
+        from pumpl_assets.core.decode_attention import use_grouped_decode_attention
+
+        use_grouped_decode_attention(model)  # before PEFT wraps it; a no-op for non-GQA models
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -712,6 +731,7 @@ def load_engine(
     adapter_path: str | Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    decode_attention: DecodeAttention = "grouped",
 ) -> Engine:
     """Load ``model_path`` (a Hugging Face folder; for ``llamacpp`` a GGUF file or a folder
     holding ``model.gguf`` and the HF tokenizer files) behind engine ``kind``.
@@ -719,9 +739,14 @@ def load_engine(
     Raises ``ValueError`` for an unknown kind or an incompatible model (bnb on an already
     quantized folder, awq on a full-precision one), :class:`EngineError` where the
     environment cannot run the engine (vllm without CUDA or without the package).
+    ``decode_attention`` picks the CPU decode-step attention of the Hugging Face engines.
     """
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; supported engines: {', '.join(ENGINE_KINDS)}")
+    if decode_attention not in DECODE_ATTENTIONS:
+        raise ValueError(
+            f"unknown decode_attention {decode_attention!r}; supported: {', '.join(DECODE_ATTENTIONS)}"
+        )
     path = Path(model_path)
     adapter = Path(adapter_path) if adapter_path is not None else None
     if kind == "vllm":
@@ -738,4 +763,6 @@ def load_engine(
         from pumpl_assets.core.engine_llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(path)
-    return _load_hf(kind, path, adapter_path=adapter, device=device, dtype=dtype)
+    return _load_hf(
+        kind, path, adapter_path=adapter, device=device, dtype=dtype, decode_attention=decode_attention
+    )

@@ -1,0 +1,107 @@
+"""Grouped decode-step attention: the same attention as transformers' stock sdpa, one call per KV head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pumpl_assets.core.decode_attention import (
+    GROUPED_DECODE_SDPA,
+    grouped_decode_sdpa_attention,
+    use_grouped_decode_attention,
+)
+
+
+def _qkv(batch: int, heads: int, kv_heads: int, q_len: int, kv_len: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, 16, generator=g)
+    k = torch.randn(batch, kv_heads, kv_len, 16, generator=g)
+    v = torch.randn(batch, kv_heads, kv_len, 16, generator=g)
+    return q, k, v
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_equals_stock_sdpa(padded: bool) -> None:
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = SimpleNamespace(num_key_value_groups=3, training=False, is_causal=True)
+    q, k, v = _qkv(4, 9, 3, 1, 37)
+    mask = None
+    if padded:  # left padding, as the engine's batches have it: row 1 ignores its first 10 keys
+        mask = torch.ones(4, 1, 1, 37, dtype=torch.bool)
+        mask[1, :, :, :10] = False
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)  # type: ignore[arg-type]
+    got, _ = grouped_decode_sdpa_attention(module, q, k, v, mask, scaling=0.25)
+    assert got.shape == want.shape == (4, 1, 9, 16)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if padded:  # the mask is honoured: unmasking the padding changes row 1 only
+        free, _ = grouped_decode_sdpa_attention(module, q, k, v, None, scaling=0.25)
+        assert not torch.allclose(free[1], got[1]) and torch.allclose(free[0], got[0], atol=1e-6)
+
+
+@pytest.mark.unit
+def test_prefill_and_training_fall_through_to_stock() -> None:
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v = _qkv(2, 4, 2, 5, 5)
+    for training in (False, True):
+        module = SimpleNamespace(num_key_value_groups=2, training=training, is_causal=True)
+        want, _ = sdpa_attention_forward(module, q, k, v, None)  # type: ignore[arg-type]
+        got, _ = grouped_decode_sdpa_attention(module, q, k, v, None)
+        assert torch.equal(got, want)  # the same call: bit-identical
+
+
+@pytest.mark.unit
+def test_switch_only_grouped_query_sdpa_models(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # 4 heads, 2 KV heads
+    assert model.config._attn_implementation == "sdpa"
+    assert use_grouped_decode_attention(model) is True
+    assert model.config._attn_implementation == GROUPED_DECODE_SDPA
+    mha_config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
+    mha = LlamaForCausalLM(mha_config)
+    assert use_grouped_decode_attention(mha) is False  # no key/value sharing: nothing to fold
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert use_grouped_decode_attention(eager) is False and eager.config._attn_implementation == "eager"
+
+
+@pytest.mark.integration
+def test_engine_generates_the_same_plans_with_either_attention(tiny_model_dir: Path) -> None:
+    """fp32, a padded batch of different prompt lengths, greedy: identical text and tokens."""
+    from pumpl_assets.core.generation import GenerationParams, load_engine
+
+    prompts = ["Goal: strength. Time: 30 min.", "hi", "Create a 45-minute mobility session for my back"]
+    params = GenerationParams(max_new_tokens=24, temperature=0.0)
+    outs = {}
+    for att in ("stock", "grouped"):
+        eng = load_engine("transformers", tiny_model_dir, device="cpu", dtype="float32", decode_attention=att)  # type: ignore[arg-type]
+        try:
+            assert eng.attention == ("sdpa" if att == "stock" else GROUPED_DECODE_SDPA)  # type: ignore[attr-defined]
+            outs[att] = [(g.text, g.completion_tokens) for g in eng.generate(prompts, params)]
+        finally:
+            eng.close()
+    assert outs["grouped"] == outs["stock"]
+    assert all(n > 1 for _, n in outs["grouped"])
+
+
+@pytest.mark.unit
+def test_unknown_decode_attention_is_a_clear_error(tiny_model_dir: Path) -> None:
+    from pumpl_assets.core.generation import load_engine
+
+    with pytest.raises(ValueError, match="unknown decode_attention 'flash'; supported: grouped, stock"):
+        load_engine("transformers", tiny_model_dir, decode_attention="flash")  # type: ignore[arg-type]

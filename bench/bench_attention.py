@@ -1,4 +1,4 @@
-"""attention: full served plans with the grouped decode-step attention vs transformers' stock ``sdpa``.
+"""attention: full served plans with the grouped decode steps vs transformers' stock ``sdpa`` + cache.
 
 The real evaluation/serving workload: held-out requests (disjoint from training's), rendered as
 serving renders them, each decoded under its own request grammar (``request_plan_schema``), greedy,
@@ -9,9 +9,11 @@ timed run decodes with the stock engine and then with the grouped one (alternati
 drift hits both); one small warm-up is excluded.
 
 * **value** — completion tokens/s with ``decode_attention="grouped"``
-  (:mod:`pumpl_assets.core.decode_attention`, the engines' CPU default).
+  (:mod:`pumpl_assets.core.decode_attention`, the engines' CPU default: one SDPA per key/value
+  head over a KV cache that grows in place).
 * **baseline "stock sdpa decode"** — the same with ``decode_attention="stock"`` (transformers'
-  ``sdpa_attention_forward``: ``repeat_kv`` copies + one flash call per query head).
+  ``sdpa_attention_forward`` — ``repeat_kv`` copies + one flash call per query head — over a
+  ``DynamicCache``, which concatenates the whole cache every step).
 * **same outputs** — the fraction of plans whose text is identical between the two (the two
   kernels sum in a different order, so a near-tied bf16 argmax can flip; reported, not hidden).
 """

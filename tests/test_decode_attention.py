@@ -105,3 +105,38 @@ def test_unknown_decode_attention_is_a_clear_error(tiny_model_dir: Path) -> None
 
     with pytest.raises(ValueError, match="unknown decode_attention 'flash'; supported: grouped, stock"):
         load_engine("transformers", tiny_model_dir, decode_attention="flash")  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+def test_growing_cache_holds_what_dynamic_cache_holds() -> None:
+    """Prefill, 300 single-token steps (past a re-allocation), a row dropped, a crop: same tensors."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from pumpl_assets.core.decode_attention import KV_GROWTH, growing_kv_cache
+
+    g = torch.Generator().manual_seed(0)
+    grow, ref = growing_kv_cache(), DynamicCache()
+    for cache in (grow, ref):
+        assert cache.get_seq_length() == 0
+    k, v = torch.randn(3, 2, 40, 8, generator=g), torch.randn(3, 2, 40, 8, generator=g)
+    for cache in (grow, ref):
+        cache.update(k, v, 0)
+    buffer = grow.layers[0]._kbuf
+    for step in range(KV_GROWTH + 44):
+        if step == 100:
+            for cache in (grow, ref):
+                cache.batch_select_indices(torch.tensor([0, 2]))
+        b = 3 if step < 100 else 2
+        k1, v1 = torch.randn(b, 2, 1, 8, generator=g), torch.randn(b, 2, 1, 8, generator=g)
+        gk, gv = grow.update(k1, v1, 0)
+        rk, rv = ref.update(k1, v1, 0)
+        assert torch.equal(gk, rk) and torch.equal(gv, rv)
+    assert grow.get_seq_length() == ref.get_seq_length() == 40 + KV_GROWTH + 44
+    assert grow.layers[0]._kbuf is not buffer  # it re-allocated on the way
+    for cache in (grow, ref):
+        cache.crop(-5)
+    k1, v1 = torch.randn(2, 2, 1, 8, generator=g), torch.randn(2, 2, 1, 8, generator=g)
+    gk, _ = grow.update(k1, v1, 0)
+    rk, _ = ref.update(k1, v1, 0)
+    assert torch.equal(gk, rk) and grow.get_seq_length() == 40 + KV_GROWTH + 40

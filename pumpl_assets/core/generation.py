@@ -21,9 +21,10 @@ strings and grammar:
   tokenized with ``add_special_tokens=False`` (the template already carries BOS/turn tokens);
 * left padding + attention mask + explicit position ids, KV cache, logits of the last
   position only; finished rows are dropped from the batch (cache rows selected away);
-* on CPU a grouped-query model's decode steps run one SDPA per key/value head
-  (:mod:`pumpl_assets.core.decode_attention`, ``decode_attention="grouped"``, the default; ~3×
-  faster steps on long plans); ``"stock"`` keeps transformers' own ``sdpa`` path;
+* on CPU (``decode_attention="grouped"``, the default) a grouped-query model's decode steps run
+  one SDPA per key/value head over a KV cache that grows in place
+  (:mod:`pumpl_assets.core.decode_attention`); ``"stock"`` keeps transformers' own ``sdpa`` path
+  and ``DynamicCache``;
 * a row stops on any end-of-turn id (the union of the config's, generation config's and
   tokenizer's EOS ids), on one of its stop strings (text cut before it), or at its
   ``max_new_tokens`` (``finish_reason="length"``);
@@ -286,8 +287,10 @@ class HFEngine:
         *,
         quantization: str | None = None,
         adapter_path: str | None = None,
+        growing_cache: bool = False,
     ):
         self.name = name
+        self.growing_cache = growing_cache  # decode into decode_attention.growing_kv_cache()
         self.model = model
         self.tokenizer = tokenizer
         self.model_path = model_path
@@ -393,6 +396,10 @@ class HFEngine:
         stop_ids = set(self.stop_token_ids)
         active = list(range(n))  # rows still in the batch, in cache order
         cache: Any = None
+        if self.growing_cache:
+            from pumpl_assets.core.decode_attention import growing_kv_cache
+
+            cache = growing_kv_cache()
         step_ids, step_pos = ids, positions
         stats = {
             "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(n),
@@ -596,7 +603,8 @@ def _load_hf(
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if decode_attention == "grouped" and dev == "cpu":
+    growing_cache = decode_attention == "grouped" and dev == "cpu"
+    if growing_cache:
         from pumpl_assets.core.decode_attention import use_grouped_decode_attention
 
         use_grouped_decode_attention(model)  # before PEFT wraps it; a no-op for non-GQA models
@@ -618,6 +626,7 @@ def _load_hf(
         str(path),
         quantization=quantization,
         adapter_path=str(adapter_path) if adapter_path else None,
+        growing_cache=growing_cache,
     )
 
 

@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.run --model /path/to/hf   # another model folder (tests use a tiny one)
 
 Benchmarks (``bench/bench_<name>.py``, each ``run(ctx) -> BenchResult``): train, decode, eval,
-attention, hotpaths, serving, quant, orchestration. Each prints ``NAME: value unit (ratio X.XX× vs BASELINE; goal ...)``
+attention, batching, hotpaths, serving, quant, orchestration. Each prints ``NAME: value unit (ratio X.XX× vs BASELINE; goal ...)``
 lines. Every ratio is against a baseline measured in the same run and named in the report.
 A benchmark that fails is recorded with its error and the others still run; the exit code is 1
 if any benchmark errored (a missed goal is reported, not an error). The report is rewritten after
@@ -37,7 +37,7 @@ from bench.common import (
 )
 
 BENCHMARKS: tuple[str, ...] = (
-    "train", "decode", "eval", "attention", "hotpaths", "serving", "quant", "orchestration"
+    "train", "decode", "eval", "attention", "batching", "hotpaths", "serving", "quant", "orchestration"
 )  # fmt: skip
 REPORT_VERSION = 1
 

@@ -17,7 +17,7 @@ import pytest
 from bench.common import Metric, median, percentile
 from bench.run import BENCHMARKS, select
 
-CHEAP = ["train", "decode", "eval", "attention", "hotpaths", "orchestration"]
+CHEAP = ["train", "decode", "eval", "attention", "batching", "hotpaths", "orchestration"]
 
 
 @pytest.mark.unit
@@ -89,7 +89,7 @@ def test_quick_run_writes_a_complete_report(
     assert report["settings"]["model_dir"] == str(tiny_model_dir.resolve())
     assert list(report["benchmarks"]) == CHEAP
 
-    for name in ("train", "decode", "eval", "attention", "hotpaths"):
+    for name in ("train", "decode", "eval", "attention", "batching", "hotpaths"):
         assert report["benchmarks"][name]["status"] == "ok", report["benchmarks"][name].get("error")
     orch = report["benchmarks"]["orchestration"]
     assert orch["status"] == "no_data" and orch["metrics"] == []
@@ -120,6 +120,11 @@ def test_quick_run_writes_a_complete_report(
         "stock": "sdpa",
         "grouped": "pumpl_grouped_decode_sdpa",
     }
+    # Continuous batching against consecutive fixed batches, same engine and prompts, same run.
+    cont = names["continuous_batching_tokens_per_s"]
+    assert cont["baseline_name"].startswith("consecutive batches of 2") and cont["ratio"] > 0, cont
+    runs = report["benchmarks"]["batching"]["details"]["runs"][0]
+    assert runs["continuous"]["tokens"] > 0 and runs["consecutive"]["tokens"] > 0
 
     md = (out / "report.md").read_text()
     assert "## train (ok" in md and "## orchestration (no_data" in md

@@ -125,8 +125,11 @@ CATALOGUE: dict[str, BaseModelSpec] = {
                 provisional_schema_valid=0.80,
                 provisional_awq_schema_drop=0.10,
             ),
-            # bf16 decode at batch 16 is ~1.3x batch 8 here (bench_decode / bench_eval).
-            eval_batch_size=16,
+            # Decode batch of the continuously batched eval (rows replaced as they finish). One bf16
+            # decode step costs 47 / 80 / 105 / 114 ms at 1 / 16 / 24 / 32 rows here; 48 served plans
+            # of the CI model: continuous 24 rows 158.6 tokens/s, 32 rows 144.7, 16 rows 128.4,
+            # consecutive batches of 16 (the old eval) 109.1 -- bench_batching, 2026-12-01.
+            eval_batch_size=24,
             # Tuned with bench/train_recipe.py and the full graph on this 2-core box: 400 offline-teacher
             # examples, packed 1024-token rows (~3 examples each), LoRA r16 on all 7 projections,
             # lr 2e-3, bf16 autocast (fp32 master weights; this CPU's bf16 matmuls are ~2x fp32).

@@ -100,6 +100,51 @@ def use_grouped_decode_attention(model: Any) -> bool:
     return True
 
 
+def _set_layer_states(layer: Any, keys: Any, values: Any) -> None:
+    if hasattr(layer, "replace_states"):
+        layer.replace_states(keys, values)
+    else:  # a stock DynamicLayer holds plain tensors
+        layer.keys, layer.values = keys, values
+
+
+def _left_pad(states: Any, width: int) -> Any:
+    import torch.nn.functional as F
+
+    return F.pad(states, (0, 0, width - states.shape[-2], 0)) if states.shape[-2] < width else states
+
+
+def concat_cache_rows(cache: Any, new: Any) -> int:
+    """Append the rows of ``new`` after those of ``cache``, layer by layer, in place of ``cache``.
+
+    The two hold different numbers of columns (tokens); each is right-aligned to the wider one, the
+    narrower getting zero keys/values on the left — left padding, which the caller's attention mask
+    hides, exactly like the left padding of a batched prefill. Returns the number of columns that were
+    added on the left of ``cache``'s rows (the caller pads their attention mask by as much).
+    Works for the stock ``DynamicCache`` and :class:`GrowingKVCache` alike (continuous batching in
+    :meth:`~pumpl_assets.core.generation.HFEngine.generate`)."""
+    import torch
+
+    if len(cache.layers) != len(new.layers):
+        raise ValueError(f"caches of {len(cache.layers)} and {len(new.layers)} layers cannot be merged")
+    grown = 0
+    for old_layer, new_layer in zip(cache.layers, new.layers, strict=True):
+        width = max(old_layer.keys.shape[-2], new_layer.keys.shape[-2])
+        grown = width - old_layer.keys.shape[-2]
+        keys = torch.cat([_left_pad(old_layer.keys, width), _left_pad(new_layer.keys, width)], dim=0)
+        values = torch.cat([_left_pad(old_layer.values, width), _left_pad(new_layer.values, width)], dim=0)
+        _set_layer_states(old_layer, keys, values)
+    return grown
+
+
+def drop_leading_columns(cache: Any, count: int) -> None:
+    """Drop the first ``count`` columns of every layer — columns that are padding for every row left,
+    so attention no longer spends time on them (positions are explicit, so nothing else moves)."""
+    if count <= 0:
+        return
+    for layer in cache.layers:
+        _set_layer_states(layer, layer.keys[..., count:, :], layer.values[..., count:, :])
+
+
 def growing_kv_cache() -> Any:
     """A fresh :class:`GrowingKVCache`."""
     return _growing_kv_cache_class()()
@@ -156,6 +201,16 @@ def _growing_kv_cache_class() -> Any:
 
         def reorder_cache(self, beam_idx: Any) -> None:
             self.batch_select_indices(beam_idx)
+
+        def replace_states(self, keys: Any, values: Any) -> None:
+            """Hold exactly ``keys``/``values`` (rows merged or columns dropped), with head-room again."""
+            b, h, t, d = keys.shape
+            self._kbuf = keys.new_empty(b, h, t + KV_GROWTH, d)
+            self._vbuf = values.new_empty(b, values.shape[1], t + KV_GROWTH, values.shape[-1])
+            self._kbuf[..., :t, :] = keys
+            self._vbuf[..., :t, :] = values
+            self._len = t
+            self._views()
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             if self.is_initialized and self._kbuf is not None:

@@ -211,15 +211,29 @@ class LlamaCppEngine(HFEngine):
         prompts: list[str],
         params: GenerationParams | list[GenerationParams],
         json_schemas: list[dict | None] | None = None,
+        *,
+        max_batch: int | None = None,
     ) -> list[Generation]:
-        if self.parallel or len(prompts) <= 1:
-            return super().generate(prompts, params, json_schemas)
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        schemas = json_schemas if json_schemas is not None else [None] * len(prompts)
+        schemas: list[dict | None] = list(json_schemas) if json_schemas is not None else [None] * len(prompts)
         if len(plist) != len(prompts) or len(schemas) != len(prompts):
             raise ValueError(
                 f"got {len(prompts)} prompts but {len(plist)} params and {len(schemas)} json_schemas"
             )
+        if max_batch is not None and max_batch < len(prompts):
+            if max_batch < 1:
+                raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            # No refill into a running llama.cpp batch yet: consecutive batches of max_batch.
+            chunks: list[Generation] = []
+            for b in range(0, len(prompts), max_batch):
+                chunks.extend(
+                    self.generate(
+                        prompts[b : b + max_batch], plist[b : b + max_batch], schemas[b : b + max_batch]
+                    )
+                )
+            return chunks
+        if self.parallel or len(prompts) <= 1:
+            return super().generate(prompts, params, json_schemas)
         out: list[Generation] = []
         for p, q, s in zip(prompts, plist, schemas, strict=True):  # a loop: super() fails in a comprehension
             out.extend(super().generate([p], [q], [s]))
@@ -249,10 +263,13 @@ class LlamaCppEngine(HFEngine):
         prompts: list[str],
         params: GenerationParams | list[GenerationParams],
         json_schemas: list[dict | None] | None,
+        max_batch: int | None = None,
     ) -> Iterator[list[_Row]]:
         import torch
         import xgrammar as xgr
 
+        if max_batch is not None and max_batch < len(prompts):  # generate() runs such calls in chunks
+            raise ValueError("the llama.cpp engine decodes one batch per call; it has no continuous batching")
         if self.model is None:
             raise EngineError("engine is closed")
         n = len(prompts)

@@ -14,7 +14,8 @@ grammar of :mod:`pumpl_assets.core.grammar`, exactly what the server applies), o
   per-check rates and ``adherence`` score what the person gets, ``decided.<check>`` and
   ``model_adherence`` score the model's own answer before that step, and ``finalized`` is the share of
   plans the step changed;
-* ``tokens_per_s``, ``latency_p50_ms`` / ``latency_p95_ms`` (per example: wall time of its batch);
+* ``tokens_per_s``, ``latency_p50_ms`` / ``latency_p95_ms`` (per example: its wall time from entering
+  the batch to finishing; decoding is continuously batched, ``batch_size`` rows at once);
 
 plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt masked) and its perplexity.
 
@@ -52,6 +53,9 @@ from pumpl_assets.core.schemas import RequestSpec, WorkoutPlanResponse, dump_pla
 from pumpl_assets.core.validate import DOMAIN_CHECKS, validate_example
 
 MODES: tuple[str, ...] = ("unconstrained", "served")
+# The loss pass holds [batch, length, vocab] fp32 logits (SmolLM2's 49k vocabulary: ~0.4 GB per
+# 2k-token row), so it runs in batches of at most this many, whatever the decode batch.
+LOSS_BATCH = 8
 GUARANTEED_BY_MODE: dict[str, tuple[str, ...]] = {"unconstrained": (), "served": GUARANTEED_CHECKS}
 RATE_METRICS: tuple[str, ...] = (
     "json_valid",
@@ -298,48 +302,47 @@ def _run_mode(
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     rows: list[dict[str, Any]] = []
-    gen_seconds, gen_tokens = 0.0, 0
+    schemas: list[dict | None] | None = None
+    if mode == "served":
+        schemas = []
+        for ex in examples:
+            try:
+                schemas.append(request_plan_schema(ex.understood, catalogue))
+            except NoSuitableExercisesError:
+                schemas.append(None)  # the server answers such a request without a grammar too
+    params = [GenerationParams(max_new_tokens=ex.budget, temperature=0.0) for ex in examples]
     with _adapter_toggle(engine, model):
-        for chunk in _batches(examples, batch_size):
-            schemas: list[dict | None] | None = None
-            if mode == "served":
-                schemas = []
-                for ex in chunk:
-                    try:
-                        schemas.append(request_plan_schema(ex.understood, catalogue))
-                    except NoSuitableExercisesError:
-                        schemas.append(None)  # the server answers such a request without a grammar too
-            params = [GenerationParams(max_new_tokens=ex.budget, temperature=0.0) for ex in chunk]
-            t0 = time.perf_counter()
-            gens = engine.generate([ex.prompt for ex in chunk], params, schemas)
-            dt = time.perf_counter() - t0
-            gen_seconds += dt
-            for ex, g in zip(chunk, gens, strict=True):
-                gen_tokens += g.completion_tokens
-                rows.append(
-                    {
-                        "model": model,
-                        "mode": mode,
-                        "example_id": ex.example_id,
-                        "request_json": ex.request_json,
-                        "understood_json": ex.understood.key(),
-                        "text": g.text,
-                        "finish_reason": g.finish_reason,
-                        **(
-                            score_served(ex.request, ex.understood, g.text, catalogue)
-                            if mode == "served"
-                            else {
-                                **score_answer(ex.request, g.text, catalogue, mode),
-                                "plan_text": g.text,
-                                "adjustments": [],
-                                "decided_failed_checks": None,
-                            }
-                        ),
-                        "latency_ms": dt * 1000.0,
-                        "prompt_tokens": g.prompt_tokens,
-                        "completion_tokens": g.completion_tokens,
+        # Continuous batching: batch_size rows at once, a finished row replaced by the next one.
+        t0 = time.perf_counter()
+        gens = engine.generate([ex.prompt for ex in examples], params, schemas, max_batch=batch_size)
+        gen_seconds = time.perf_counter() - t0
+    gen_tokens = 0
+    for ex, g in zip(examples, gens, strict=True):
+        gen_tokens += g.completion_tokens
+        rows.append(
+            {
+                "model": model,
+                "mode": mode,
+                "example_id": ex.example_id,
+                "request_json": ex.request_json,
+                "understood_json": ex.understood.key(),
+                "text": g.text,
+                "finish_reason": g.finish_reason,
+                **(
+                    score_served(ex.request, ex.understood, g.text, catalogue)
+                    if mode == "served"
+                    else {
+                        **score_answer(ex.request, g.text, catalogue, mode),
+                        "plan_text": g.text,
+                        "adjustments": [],
+                        "decided_failed_checks": None,
                     }
-                )
+                ),
+                "latency_ms": g.seconds * 1000.0,
+                "prompt_tokens": g.prompt_tokens,
+                "completion_tokens": g.completion_tokens,
+            }
+        )
     lat = [r["latency_ms"] for r in rows]
     metrics = {
         **mode_metrics(rows),
@@ -411,8 +414,9 @@ def evaluate_models(
             n_ref = len(tok(ref, add_special_tokens=False).input_ids)
             budget = min(max_new_tokens, math.ceil(BUDGET_FACTOR * n_ref) + BUDGET_SLACK)
             examples.append(_Example(eid, rj, req, seen, ref, prompt, budget))
-        # Similar budgets share a batch (a batch runs as long as its longest row).
-        examples.sort(key=lambda e: (e.budget, e.example_id))
+        # Longest budgets first: decoding is continuously batched, so the short rows fill the places
+        # the long ones leave and the batch stays full to the end (longest-processing-time first).
+        examples.sort(key=lambda e: (-e.budget, e.example_id))
 
         summary: dict[str, float] = {
             "n_examples": float(len(examples)),
@@ -434,7 +438,7 @@ def evaluate_models(
                     [(request_to_prompt(e.understood), e.reference) for e in examples],
                     style=style,
                     system_prompt=system_prompt,
-                    batch_size=batch_size,
+                    batch_size=min(batch_size, LOSS_BATCH),
                 )
             summary[f"{model}.test_loss"] = loss
             summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))

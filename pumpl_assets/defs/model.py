@@ -42,6 +42,10 @@ from pumpl_assets.defs.resources import MlflowResource
 MODEL = "model"
 _RECIPES = {k: v.recipe.model_dump() for k, v in CATALOGUE.items()}
 _GATES = {k: v.gates.__dict__ for k, v in CATALOGUE.items()}
+# The decode batch moves bf16 results by a few rows, so it is part of the eval's version.
+_EVAL_DECODE = {
+    k: {"batch": v.eval_batch_size, "max_new_tokens": v.eval_max_new_tokens} for k, v in CATALOGUE.items()
+}
 
 
 def _base(context: dg.AssetExecutionContext) -> Path:
@@ -194,7 +198,7 @@ def _md_value(value: Any, default: Any = None) -> Any:
     group_name=MODEL,
     deps=["merged_model", "split", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("eval-4", _GATES, EvalConfig().model_dump()),
+    code_version=code_version("eval-5", _GATES, _EVAL_DECODE, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
         gate_spec("served_adherence", "eval_report", "Served plans that pass every check of the standard"),
@@ -353,7 +357,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     group_name=MODEL,
     deps=["merged_model", "split", "eval_report", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("awq-3", _GATES, QuantizeConfig().model_dump()),
+    code_version=code_version("awq-4", _GATES, QuantizeConfig().model_dump()),
     kinds={"awq"},
     check_specs=[
         gate_spec("size_ratio", "awq_model", "AWQ artifact ≤ 0.45× the merged model"),

@@ -34,11 +34,16 @@ BUDGETS = [20, 33, 2, 41, 9, 27]
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("attention", ["grouped", "stock"])
+@pytest.mark.parametrize("attention", ["grouped", "grouped-runs-of-1", "stock"])
 def test_rows_joining_a_running_batch_decode_as_they_would_alone(
-    tiny_model_dir: Path, attention: str
+    tiny_model_dir: Path, attention: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pumpl_assets.core import decode_attention
     from pumpl_assets.core.generation import TRIM_COLUMNS, GenerationParams, HFEngine, load_engine
+
+    if attention == "grouped-runs-of-1":  # every row attends from its own first column (row_chunks)
+        monkeypatch.setattr(decode_attention, "ROW_CHUNK", 1)
+        attention = "grouped"
 
     params = [GenerationParams(max_new_tokens=b, temperature=0.0) for b in BUDGETS]
     schemas = [SCHEMA if i % 2 else None for i in range(len(PROMPTS))]

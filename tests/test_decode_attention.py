@@ -46,6 +46,31 @@ def test_decode_step_equals_stock_sdpa(padded: bool) -> None:
 
 
 @pytest.mark.unit
+def test_rows_starting_at_different_columns_attend_in_runs_exactly() -> None:
+    """Continuous batching's batches: later rows left-padded to the oldest row's width. Runs of rows skip
+    the columns none of their rows sees, and the result equals stock sdpa over every column."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pumpl_assets.core.decode_attention import ROW_CHUNK, row_chunks
+
+    module = SimpleNamespace(num_key_value_groups=3, training=False, is_causal=True)
+    batch, kv_len = 2 * ROW_CHUNK + 3, 120
+    q, k, v = _qkv(batch, 9, 3, 1, kv_len, seed=3)
+    mask = torch.ones(batch, 1, 1, kv_len, dtype=torch.bool)
+    for row in range(batch):  # joined in order: each later row starts further right
+        mask[row, :, :, : 6 * row] = False
+    chunks = row_chunks(mask, batch, kv_len)
+    assert chunks is not None and [c[2] for c in chunks] == [0, 6 * ROW_CHUNK, 12 * ROW_CHUNK]
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)  # type: ignore[arg-type]
+    got, _ = grouped_decode_sdpa_attention(module, q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # One call when slicing would save little: every row starts at column 0 or 1.
+    assert row_chunks(torch.ones(batch, 1, 1, kv_len, dtype=torch.bool), batch, kv_len) is None
+    assert row_chunks(mask[:ROW_CHUNK], ROW_CHUNK, kv_len) is None  # a batch of one run
+
+
+@pytest.mark.unit
 def test_prefill_and_training_fall_through_to_stock() -> None:
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -14,6 +14,11 @@ that share a key/value head are independent queries against the same keys, so fo
 query-length axis — ``[batch, kv_heads, group, head_dim]`` — gives the same result with no copy and
 one kernel call per key/value head (same values to ~1e-5 in bf16; tests/test_decode_attention.py).
 
+With continuous batching (``HFEngine.generate(..., max_batch=k)``) a row that joins late is
+left-padded to the width of the oldest row, and a masked column costs the kernel as much as a real
+one; so a batch whose rows start at very different columns attends in runs of :data:`ROW_CHUNK`
+consecutive rows, each from the first column one of its rows sees (:func:`row_chunks`; exact).
+
 Registered with transformers' ``AttentionInterface`` (its extension point for attention kernels)
 under :data:`GROUPED_DECODE_SDPA`, with the stock ``sdpa`` mask function; every call that is not a
 single-token decode step (prefill, the loss pass, training) falls through to the stock
@@ -34,6 +39,7 @@ from typing import Any
 
 GROUPED_DECODE_SDPA = "pumpl_grouped_decode_sdpa"
 KV_GROWTH = 256  # tokens of head-room per re-allocation
+ROW_CHUNK = 8  # rows per attention call when the batch's rows start at different cache columns
 
 
 def grouped_decode_sdpa_attention(
@@ -71,8 +77,42 @@ def grouped_decode_sdpa_attention(
     folded = query.reshape(batch, kv_heads, group, head_dim)
     # A [batch, 1, 1, kv_len] padding mask broadcasts over the folded axis; no causal mask is
     # needed for the one new token, which may see every cached position.
-    out = F.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
+    chunks = row_chunks(attention_mask, batch, key.shape[2])
+    if chunks is None:
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
+    else:
+        out = folded.new_empty(folded.shape)
+        for first, end, col in chunks:
+            out[first:end] = F.scaled_dot_product_attention(
+                folded[first:end],
+                key[first:end, :, col:],
+                value[first:end, :, col:],
+                attn_mask=attention_mask[first:end, :, :, col:],
+                scale=scaling,
+            )
     return out.reshape(batch, 1, heads, head_dim), None
+
+
+def row_chunks(attention_mask: Any, batch: int, kv_len: int) -> list[tuple[int, int, int]] | None:
+    """Runs of :data:`ROW_CHUNK` consecutive rows, each with the first cache column any of its rows
+    attends to — ``(first row, end row, first column)`` — or None when one call over every column is
+    as good (no boolean padding mask, a small batch, or less than a quarter of the work saved).
+
+    Continuous batching left-pads a newcomer's cache rows to the width of the oldest row in the batch,
+    and a masked column costs the SDPA kernel as much as a real one; rows join in order, so consecutive
+    rows start at similar columns and each run can skip the columns none of its rows sees (exact: those
+    columns are masked for every row of the run). Views, no copies."""
+    import torch
+
+    if attention_mask is None or attention_mask.dtype != torch.bool or batch <= ROW_CHUNK:
+        return None
+    first_seen = attention_mask[:, 0, 0, :].to(torch.uint8).argmax(-1).tolist()  # left padding: a suffix
+    chunks = []
+    for b in range(0, batch, ROW_CHUNK):
+        end = min(b + ROW_CHUNK, batch)
+        chunks.append((b, end, min(first_seen[b:end])))
+    saved = sum((end - b) * col for b, end, col in chunks)
+    return chunks if saved * 4 >= batch * kv_len else None
 
 
 def register() -> str:

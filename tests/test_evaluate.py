@@ -179,7 +179,7 @@ def test_report_has_every_key_and_row(report: EvalReport, test_rows: pl.DataFram
     assert not served["json_valid"].any()
     assert all(len(r) > 0 for r in served["reasons"].to_list())
     assert all(set(f) == set(DOMAIN_CHECKS) for f in served["failed_checks"].to_list())
-    assert served["text"].str.starts_with('{"title":"').all()
+    assert served["text"].str.starts_with('{"total_minutes":').all()
     for c in DOMAIN_CHECKS:
         assert report.summary[f"base.served.{c}"] == 0.0
 

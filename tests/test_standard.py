@@ -262,6 +262,22 @@ def test_provisional_threshold_is_reported() -> None:
     assert plain.metadata["provisional"] is False and "PROVISIONAL" not in plain.description
 
 
+def test_champion_gate_compares_only_champions_scored_on_every_check() -> None:
+    from pumpl_assets.core.gates import champion_gate
+    from pumpl_assets.core.validate import DOMAIN_CHECKS
+
+    champion = {"adapter.served.adherence": 0.90, "adapter.served.safety": 1.0,
+                **{f"adapter.served.{c}": 0.95 for c in DOMAIN_CHECKS}}  # fmt: skip
+    worse = {"adapter.served.adherence": 0.85, "adapter.served.safety": 1.0}
+    gate = champion_gate(worse, champion, 0.02, "3")
+    assert not gate.passed and "champion v3" in gate.description
+    assert champion_gate({**worse, "adapter.served.adherence": 0.88}, champion, 0.02, "3").passed
+    # A champion scored before balance and title existed passed an easier bar: not comparable.
+    older = {k: v for k, v in champion.items() if k not in ("adapter.served.balance", "adapter.served.title")}
+    gate = champion_gate(worse, older, 0.02, "2")
+    assert gate.passed and "without balance, title" in gate.description
+
+
 # ------------------------------------------------------------------------------ offline coach
 N_SAMPLED = 300
 MAX_PLANNING_FAILURES = 0.05  # see the report: some sampled requests the standard cannot fill

@@ -14,6 +14,7 @@ import pytest
 from pumpl_assets.core import settings
 from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
 from pumpl_assets.core.schemas import LEVELS, RequestSpec, WorkoutPlanResponse, dump_plan, parse_plan
+from pumpl_assets.core.standard import BALANCE_REGIONS, balance_needed, regions_of
 from pumpl_assets.core.teachers.offline import plan_for_request
 from pumpl_assets.core.validate import (
     DOMAIN_CHECKS,
@@ -21,7 +22,9 @@ from pumpl_assets.core.validate import (
     Adherence,
     ValidationOutcome,
     adherence,
+    available_regions,
     reason_key,
+    title_split_words,
     validate_example,
     validate_rows,
 )
@@ -78,6 +81,30 @@ def _find(
     return found[0]
 
 
+def _swap(plan: dict[str, Any], cat: ExerciseCatalogue, pred: Any) -> tuple[int, CatalogueExercise]:
+    """(index of a primary main exercise, a replacement matching ``pred``) such that the session keeps
+    every balance region it covered — so the swap trips only the check a test is about."""
+    main = plan["sessions"][0]["main"]
+    for i, item in enumerate(main):
+        old = cat.get(item["name"])
+        if old is None or old.role != "primary":
+            continue
+        others: frozenset[str] = frozenset()
+        for j, e in enumerate(main):
+            other = cat.get(e["name"])
+            if j != i and other is not None:
+                others |= regions_of("full_body", other.primary_muscles)
+        lost = regions_of("full_body", old.primary_muscles) - others
+        found = [
+            e
+            for e in cat
+            if pred(e) and e.name not in _names(plan) and regions_of("full_body", e.primary_muscles) >= lost
+        ]
+        if found:
+            return i, min(found, key=lambda e: e.name)
+    pytest.fail("no primary exercise of the plan has a replacement matching the predicate")
+
+
 def _primary_index(plan: dict[str, Any], cat: ExerciseCatalogue) -> int:
     main = plan["sessions"][0]["main"]
     return next(i for i, e in enumerate(main) if cat.get(e["name"]).role == "primary")  # type: ignore[union-attr]
@@ -102,7 +129,7 @@ def test_reason_keys_cover_every_check() -> None:
     assert set(REASON_KEYS) == {"request", "json", "schema", *DOMAIN_CHECKS}
     assert set(DOMAIN_CHECKS) == {
         "catalogue", "equipment", "level", "safety", "blocks", "goal_fidelity",
-        "duration", "split", "focus", "order", "duplicates", "declared",
+        "duration", "split", "focus", "order", "balance", "duplicates", "declared", "title",
     }  # fmt: skip
 
 
@@ -149,19 +176,22 @@ def test_schema_violations_name_the_field(catalogue: ExerciseCatalogue, good: di
 
 def test_catalogue(catalogue: ExerciseCatalogue, good: dict[str, Any]) -> None:
     plan = good_plan(good)
+    replaced = plan["sessions"][0]["main"][0]["name"]
     plan["sessions"][0]["main"][0]["name"] = "Quantum Flux Squat"
     out = check(plan, catalogue)
-    assert keys(out) == {"catalogue"} and "'Quantum Flux Squat'" in out.reasons[0]
+    assert "'Quantum Flux Squat'" in out.reasons[0]
+    # An unknown exercise trains nothing the validator can see: the region it replaced is uncovered.
+    lost = regions_of("full_body", catalogue.get(replaced).primary_muscles)  # type: ignore[union-attr]
+    assert keys(out) == ({"catalogue", "balance"} if lost else {"catalogue"})
     assert out.adherence is not None and not out.adherence.checks["catalogue"] and not out.adherence.ok
 
 
 def test_equipment(catalogue: ExerciseCatalogue, good: dict[str, Any]) -> None:
     plan = good_plan(good)
-    i = _primary_index(plan, catalogue)
-    barbell = _find(
+    i, barbell = _swap(
+        plan,
         catalogue,
         lambda e: e.equipment == "barbell" and e.role == "primary" and e.level == "beginner" and e.safe_for(["knees", "lower back", "shoulders", "wrists"]),
-        _names(plan),
     )  # fmt: skip
     plan["sessions"][0]["main"][i]["name"] = barbell.name
     out = check(plan, catalogue)
@@ -185,11 +215,10 @@ def test_declared_equipment_must_agree_with_catalogue(
 
 def test_level(catalogue: ExerciseCatalogue, good: dict[str, Any]) -> None:
     plan = good_plan(good)
-    i = _primary_index(plan, catalogue)
-    adv = _find(
+    i, adv = _swap(
+        plan,
         catalogue,
         lambda e: e.level == "expert" and e.role == "primary" and e.equipment in ("dumbbell", "body only"),
-        _names(plan),
     )  # fmt: skip
     plan["sessions"][0]["main"][i]["name"] = adv.name
     out = check(plan, catalogue)
@@ -498,3 +527,114 @@ def test_shipped_raw_pairs_validate(catalogue: ExerciseCatalogue) -> None:
     )
     _, quarantine, counts = validate_rows(df, catalogue)
     assert counts["quarantined"] == 0, quarantine.select("stage", "reason").to_dicts()
+
+
+# ------------------------------------------------------------------------------ balance and title
+# The served champion of the 2026-12-01 CI run (docs/sample-plans-2026-12-01.json), beginner strength:
+# every other check passed, but a coach would not sign it — presses, rows and arm work, no squat, hinge
+# or lunge in a full-body day, and an "Upper/Lower" title on a full-body week.
+CHAMPION_REQUEST = RequestSpec(
+    goal="strength", minutes=45, level="beginner", equipment=["body only", "dumbbell"], days_per_week=3,
+    limitations=[],
+)  # fmt: skip
+CHAMPION_PLAN: dict[str, Any] = {
+    "title": "Upper/Lower Dumbbell Strength", "total_minutes": 49, "days_per_week": 3, "split": "full_body",
+    "sessions": [{
+        "day": "full_body", "main_count": 9,
+        "warmup": [{"name": "Jog in Place", "sets": 1, "rest_s": 0, "work_s": 180},
+                   {"name": "Lateral Shuffle", "sets": 1, "rest_s": 0, "work_s": 180}],
+        "main": [{"name": n, "sets": 2, "rest_s": r, "reps": 10} for n, r in (
+            ("Dumbbell Floor Press", 90), ("Dumbbell Bent-Over Row", 90), ("Dumbbell Single-Arm Row", 90),
+            ("Dumbbell Chest-Supported Row", 90), ("Dumbbell Bench Press", 90), ("Dumbbell Calf Raise", 60),
+            ("Dumbbell Biceps Curl", 60), ("Dumbbell Overhead Triceps Extension", 60),
+            ("Dumbbell Lateral Raise", 105))],
+        "cooldown": [{"name": n, "sets": 2, "rest_s": 0, "work_s": 30}
+                     for n in ("Kneeling Lat Stretch", "Doorway Chest Stretch", "Standing Side Stretch")],
+    }],
+}  # fmt: skip
+
+
+def test_balance_and_title_fail_the_served_champions_beginner_strength_plan(
+    catalogue: ExerciseCatalogue,
+) -> None:
+    out = check(CHAMPION_PLAN, catalogue, CHAMPION_REQUEST)
+    assert keys(out) == {"balance", "title"}, out.reasons
+    assert any("missing lower body" in r for r in out.reasons)
+    assert any("upper/lower" in r and "full_body" in r for r in out.reasons)
+    # Swap the two extra rows for a squat and a hinge (same doses) and title it plainly: it passes.
+    fixed = copy.deepcopy(CHAMPION_PLAN)
+    fixed["title"] = "Foundation Dumbbell Strength"
+    main = fixed["sessions"][0]["main"]
+    main[2]["name"], main[3]["name"] = "Dumbbell Goblet Squat", "Bodyweight Hip Thrust"
+    assert check(fixed, catalogue, CHAMPION_REQUEST).ok, check(fixed, catalogue, CHAMPION_REQUEST).reasons
+
+
+@pytest.mark.parametrize(
+    ("day", "names", "covers"),
+    [
+        ("full_body", ["Dumbbell Goblet Squat", "Dumbbell Bench Press", "Dumbbell Single-Arm Row"],
+         {"lower body", "push", "pull"}),
+        ("full_body", ["Dumbbell Floor Press", "Dumbbell Bench Press", "Dumbbell Calf Raise"], {"push"}),
+        ("upper", ["Push-Up", "Inverted Row"], {"push", "pull"}),
+        ("upper", ["Dumbbell Lateral Raise", "Dumbbell Skull Crusher"], {"push"}),
+        ("lower", ["Dumbbell Goblet Squat", "Dumbbell Romanian Deadlift"], {"knee-dominant", "hip-dominant"}),
+        ("legs", ["Glute Bridge", "Dumbbell Hip Thrust"], {"hip-dominant"}),
+    ],
+)  # fmt: skip
+def test_named_exercises_cover_their_regions(
+    catalogue: ExerciseCatalogue, day: str, names: list[str], covers: set[str]
+) -> None:
+    got: set[str] = set()
+    for name in names:
+        ex = catalogue.get(name)
+        assert ex is not None, name
+        got |= regions_of(day, ex.primary_muscles)
+    assert got == covers
+
+
+def test_balance_counts_only_regions_the_person_can_train(catalogue: ExerciseCatalogue) -> None:
+    # Knees rule out squats, lunges, step-ups and leg extensions: a lower day is hip-dominant only.
+    knees = RequestSpec(goal="hypertrophy", minutes=40, level="intermediate", equipment=["body only", "dumbbell"],
+                        days_per_week=4, limitations=["knees"])  # fmt: skip
+    assert available_regions(knees, "lower", catalogue) == {"hip-dominant"}
+    assert available_regions(knees.model_copy(update={"limitations": []}), "lower", catalogue) == {
+        "knee-dominant",
+        "hip-dominant",
+    }
+    plan = plan_for_request(knees, catalogue)
+    assert check(json.loads(dump_plan(plan)), catalogue, knees).ok
+
+
+@pytest.mark.parametrize(
+    ("goal", "day", "n_main", "focus", "need"),
+    [
+        ("strength", "full_body", 5, None, 3),
+        ("strength", "full_body", 2, None, 2),  # a short session covers as many as it has exercises
+        ("strength", "full_body", 3, "core", 1),  # 2 of 3 go to the core focus, which covers no region
+        ("strength", "full_body", 3, "arms", 3),  # curls pull, triceps work pushes
+        ("strength", "full_body", 3, "glutes", 2),
+        ("hypertrophy", "upper", 4, None, 2),
+        ("endurance", "legs", 4, None, 2),
+        ("strength", "push", 4, None, 0),  # a push day is one region by itself
+        ("fat_loss", "full_body", 5, None, 0),  # circuits and mobility: no resistance balance
+        ("mobility", "full_body", 5, None, 0),
+    ],
+)  # fmt: skip
+def test_balance_needed(goal: str, day: str, n_main: int, focus: str | None, need: int) -> None:
+    every = frozenset(BALANCE_REGIONS.get(day, {}))
+    assert balance_needed(goal, day, n_main, every, focus) == need
+
+
+@pytest.mark.parametrize(
+    ("title", "split", "bad"),
+    [
+        ("Upper/Lower Dumbbell Strength", "full_body", ["upper/lower"]),
+        ("Upper/Lower Gym Strength", "upper_lower", []),
+        ("Push/Pull/Legs Hybrid Builder", "upper_lower", ["push/pull"]),
+        ("Full Body Express", "push_pull_legs", ["full body"]),
+        ("Power Bodyweight Strength", "full_body", []),
+        ("Pushing Power", "full_body", []),  # a word, not a split
+    ],
+)  # fmt: skip
+def test_title_names_no_other_split(title: str, split: str, bad: list[str]) -> None:
+    assert title_split_words(title, split) == bad

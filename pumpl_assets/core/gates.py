@@ -161,11 +161,16 @@ def champion_gate(
         return Gate(
             "not_worse_than_champion", True, "no champion yet: the first passing model becomes champion"
         )
-    if "adapter.served.adherence" not in champion:
+    # Adherence is "every check at once": a champion scored before a check existed (e.g. balance and
+    # title, 2026-12-01) passed an easier bar, so its figure is not comparable.
+    unscored = [c for c in DOMAIN_CHECKS if f"adapter.served.{c}" not in champion]
+    if "adapter.served.adherence" not in champion or unscored:
         return Gate(
             "not_worse_than_champion",
             True,
-            f"champion v{version} was scored under an earlier standard; not comparable",
+            f"champion v{version} was scored under an earlier standard"
+            + (f" (without {', '.join(unscored)})" if unscored else "")
+            + "; not comparable",
         )
     adh, safety = _get(summary, "adapter.served.adherence", 0.0), _get(summary, "adapter.served.safety", 0.0)
     c_adh, c_safety = (

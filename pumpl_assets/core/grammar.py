@@ -298,10 +298,10 @@ def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]
     return {
         "type": "object",
         "properties": {
-            "title": base["title"],
             "total_minutes": {"type": "integer", "minimum": lo, "maximum": hi},
             "days_per_week": {"type": "integer", "enum": [request.days_per_week]},
             "split": {"type": "string", "enum": [split]},
+            "title": base["title"],
             "sessions": {
                 "type": "array",
                 "prefixItems": [session(d) for d in days],
@@ -310,7 +310,7 @@ def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]
                 "maxItems": len(days),
             },
         },
-        "required": ["title", "total_minutes", "days_per_week", "split", "sessions"],
+        "required": ["total_minutes", "days_per_week", "split", "title", "sessions"],
         "additionalProperties": False,
     }
 

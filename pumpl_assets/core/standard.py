@@ -22,6 +22,13 @@ Sources
 * [HIIT] Interval protocols in standard work:rest patterns: 20:10 (Tabata et al., Med Sci Sports
   Exerc 28(10), 1996), 30:30, 40:20, 45:15 (ACSM Health & Fitness Journal HIIT guidance, 2014):
   beginners at 1:1, trained people at 2:1 or 3:1.
+* [ACSM11] Garber CE et al., ACSM position stand "Quantity and Quality of Exercise for Developing and
+  Maintaining Cardiorespiratory, Musculoskeletal, and Neuromotor Fitness in Apparently Healthy
+  Adults", Med Sci Sports Exerc 43(7):1334-1359, 2011: train each major muscle group 2-3 days/week
+  with multi-joint exercises for agonist AND antagonist groups.
+* [NSCA16] Haff & Triplett (eds.), NSCA "Essentials of Strength Training and Conditioning", 4th ed.,
+  2016, ch. 17 (exercise selection): balance pushing with pulling, and knee-dominant with
+  hip-dominant lower-body work.
 
 Roles. Every catalogue exercise has one main-block role (:func:`main_role`): ``primary``
 (multi-joint resistance), ``assistance`` (single-joint resistance), ``hold`` (isometric: planks,
@@ -230,6 +237,59 @@ def fits_day(day: str, muscles: tuple[str, ...] | frozenset[str], force: str | N
     return False
 
 
+# --------------------------------------------------------------------------------------------- balance
+# [ACSM11] every major muscle group each training day of a full-body week (so a full-body session
+# holds lower-body, pushing and pulling work); [NSCA16] an upper day pushes and pulls, a lower or
+# legs day holds knee-dominant and hip-dominant work. A push or pull day is one region by itself.
+# An exercise covers a region when one of its primary muscles is the region's.
+BALANCE_REGIONS: dict[str, dict[str, frozenset[str]]] = {
+    "full_body": {
+        "lower body": frozenset({"quadriceps", "hamstrings", "glutes"}),
+        "push": frozenset({"chest", "shoulders", "triceps"}),
+        "pull": frozenset({"lats", "middle back", "traps", "biceps"}),
+    },
+    "upper": {
+        "push": frozenset({"chest", "shoulders", "triceps"}),
+        "pull": frozenset({"lats", "middle back", "traps", "biceps"}),
+    },
+    "lower": {"knee-dominant": frozenset({"quadriceps"}), "hip-dominant": frozenset({"hamstrings", "glutes"})},
+    "legs": {"knee-dominant": frozenset({"quadriceps"}), "hip-dominant": frozenset({"hamstrings", "glutes"})},
+}  # fmt: skip
+
+
+def regions_of(day: str, muscles: tuple[str, ...] | frozenset[str]) -> frozenset[str]:
+    """The balance regions of ``day`` an exercise with these primary muscles covers."""
+    m = set(muscles)
+    return frozenset(r for r, rm in BALANCE_REGIONS.get(day, {}).items() if m & rm)
+
+
+def balance_needed(
+    goal: str,
+    day: str,
+    n_main: int,
+    available: frozenset[str] | set[str],
+    focus: str | None,
+    focus_reach: frozenset[str] | set[str] | None = None,
+) -> int:
+    """How many of ``day``'s regions a session of ``n_main`` main exercises must cover (resistance goals).
+
+    Only regions the person can train count (``available``: a knee limitation may leave no
+    knee-dominant exercise), and a short session covers as many as it has exercises. A requested focus
+    takes its share of the main work first (:func:`focus_needed`); those exercises cover at most the
+    regions the focus exercises the person can do reach (``focus_reach``; default: every region a
+    focus muscle belongs to), so the rest of the session covers the others.
+    """
+    if goal not in RESISTANCE_GOALS or day not in BALANCE_REGIONS or n_main == 0:
+        return 0
+    slots = n_main
+    if focus:
+        k = min(n_main, focus_needed(n_main)) if focus_possible(day, focus) else 0
+        reach_set = regions_of(day, FOCUS_MUSCLES[focus]) if focus_reach is None else focus_reach
+        reach = len(set(reach_set) & set(available))
+        slots = n_main - k + min(k, reach)
+    return min(len(available), slots)
+
+
 # --------------------------------------------------------------------------------------------- focus
 FOCUS_MUSCLES: dict[str, frozenset[str]] = {
     "core": CORE_MUSCLES | {"lower back"},
@@ -274,6 +334,7 @@ def set_seconds(reps: int | None, work_s: int | None, rest_s: int) -> int:
 
 
 __all__ = [
+    "BALANCE_REGIONS",
     "COOLDOWN",
     "FOCUS_MUSCLES",
     "RESISTANCE_GOALS",
@@ -284,12 +345,14 @@ __all__ = [
     "TRANSITION_SECONDS",
     "WARMUP",
     "Prescription",
+    "balance_needed",
     "cooldown_minutes",
     "fits_day",
     "focus_needed",
     "focus_possible",
     "order_rank",
     "prescription_for",
+    "regions_of",
     "split_for",
     "warmup_minutes",
 ]
@@ -320,6 +383,13 @@ def describe_for_request(goal: str, level: str, minutes: int, days_per_week: int
         lines.append(
             f"- Focus {focus}: at least {int(FOCUS_SHARE * 100)}% of the main exercises of every session that "
             f"can train it work {', '.join(sorted(FOCUS_MUSCLES[focus]))}."
+        )
+    days_with_regions = [d for d in SPLIT_DAYS[split] if d in BALANCE_REGIONS]
+    if goal in RESISTANCE_GOALS and days_with_regions:
+        lines.append(
+            "- Balance: "
+            + "; ".join(f"a {d} session covers {', '.join(BALANCE_REGIONS[d])}" for d in days_with_regions)
+            + " (as many as its exercise count allows, of what the person can do)."
         )
     lines.append("- No exercise twice in a session; vary exercises between sessions.")
     return "\n".join(lines)

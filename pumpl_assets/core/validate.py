@@ -23,6 +23,10 @@ Domain checks (reasons are ``"<check>: <detail>"``; ``<check>`` is one of :data:
   and each main exercise belongs to its session's day (core work fits every day);
 * ``focus``         — a requested focus gets ≥ 40% of the main work of every session that can train it;
 * ``order``         — resistance sessions put multi-joint before single-joint and large muscles before small;
+* ``balance``       — a resistance session covers its day's regions (full body: lower body, push and pull;
+  upper: push and pull; lower/legs: knee- and hip-dominant), as many as its exercise count and a focus
+  allow, of those the person can train (:func:`standard.balance_needed`);
+* ``title``         — the title names no split other than the plan's (no "Upper/Lower" on a full-body week);
 * ``duplicates``    — no exercise twice in one session;
 * ``declared``      — the declared ``total_minutes`` and ``days_per_week`` match the request, and each
   session's ``main_count`` (when written) matches its main list.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,17 +60,20 @@ from pumpl_assets.core.schemas import (
     parse_plan,
 )
 from pumpl_assets.core.standard import (
+    BALANCE_REGIONS,
     COOLDOWN,
     FOCUS_MUSCLES,
     RESISTANCE_GOALS,
     SPLIT_DAYS,
     WARMUP,
+    balance_needed,
     cooldown_minutes,
     fits_day,
     focus_needed,
     focus_possible,
     order_rank,
     prescription_for,
+    regions_of,
     split_for,
     warmup_minutes,
 )
@@ -82,8 +90,10 @@ DOMAIN_CHECKS = (
     "split",
     "focus",
     "order",
+    "balance",
     "duplicates",
     "declared",
+    "title",
 )
 DOMAIN_RULES = DOMAIN_CHECKS  # kept name: validate_rows counts reasons per check
 # Every key validate_rows counts (zero-filled, so metadata has a stable shape).
@@ -137,6 +147,54 @@ def _timed(ex: RepsExercise | TimedExercise) -> bool:
     return isinstance(ex, TimedExercise)
 
 
+# Words that name a split in a title; a title may name its own split (or none).
+SPLIT_TITLE_WORDS: dict[str, tuple[str, ...]] = {
+    "full_body": ("full body", "full-body", "total body", "total-body"),
+    "upper_lower": ("upper/lower", "upper-lower", "upper lower", "upper & lower", "upper and lower"),
+    "push_pull_legs": ("push/pull", "push-pull", "push pull", "ppl"),
+}
+
+
+def title_split_words(title: str, split: str) -> list[str]:
+    """Split words in ``title`` that name a split other than ``split`` (empty: the title is consistent)."""
+    low = " ".join(title.lower().split())
+    return [w for sp, words in SPLIT_TITLE_WORDS.items() if sp != split for w in words if w in low]
+
+
+# Per catalogue object (weak: a dropped catalogue drops its entries), by request and day.
+_regions_cache: weakref.WeakKeyDictionary[ExerciseCatalogue, dict[tuple[Any, ...], frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def available_regions(request: RequestSpec, day: str, catalogue: ExerciseCatalogue) -> frozenset[str]:
+    """The balance regions of ``day`` some main exercise the request allows can train (the pool the
+    grammar and the teachers draw from: suitable, a role the goal uses, fits the day)."""
+    per_catalogue = _regions_cache.setdefault(catalogue, {})
+    key = (
+        request.goal,
+        request.level,
+        tuple(sorted(request.equipment)),
+        tuple(sorted(request.limitations)),
+        day,
+    )
+    hit = per_catalogue.get(key)
+    if hit is None:
+        hit = frozenset()
+        if day in BALANCE_REGIONS:
+            pool = catalogue.suitable(request.level, request.equipment, request.limitations)
+            hit = frozenset().union(
+                *(
+                    regions_of(day, e.primary_muscles)
+                    for e in pool
+                    if prescription_for(request.goal, request.level, e.role) is not None
+                    and fits_day(day, e.primary_muscles, e.force)
+                )
+            )
+        per_catalogue[key] = hit
+    return hit
+
+
 def _domain_reasons(
     request: RequestSpec, plan: WorkoutPlanResponse, catalogue: ExerciseCatalogue
 ) -> tuple[Adherence, list[str]]:
@@ -144,6 +202,10 @@ def _domain_reasons(
     lo, hi = request.minutes * (1 - DURATION_TOLERANCE), request.minutes * (1 + DURATION_TOLERANCE)
     if not minutes_within(plan.total_minutes, request.minutes):
         found["declared"].append(f"total_minutes={plan.total_minutes} outside {_fmt(lo)}-{_fmt(hi)}")
+    if bad_words := title_split_words(plan.title, plan.split):
+        found["title"].append(
+            f"title {plan.title!r} names another split ({', '.join(bad_words)}) than {plan.split}"
+        )
     if plan.days_per_week != request.days_per_week:
         found["declared"].append(
             f"plan has {plan.days_per_week} days/week, request asks {request.days_per_week}"
@@ -176,6 +238,7 @@ def _domain_reasons(
         seen: set[str] = set()
         main_ranks: list[tuple[int, str]] = []
         n_focus = 0
+        covered: set[str] = set()
         for block, items in session.blocks().items():
             for ex in items:
                 where = f"{tag} {block} '{ex.name}'"
@@ -243,6 +306,7 @@ def _domain_reasons(
                             f"{where} ({', '.join(cat.primary_muscles)}) does not belong on a {session.day} day"
                         )
                     main_ranks.append((order_rank(role, cat.primary_muscles), ex.name))
+                    covered |= regions_of(session.day, cat.primary_muscles)
                     if request.focus and set(cat.primary_muscles) & FOCUS_MUSCLES[request.focus]:
                         n_focus += 1
         if request.goal in RESISTANCE_GOALS:
@@ -252,6 +316,14 @@ def _domain_reasons(
                         f"{tag} main: '{n2}' should come before '{n1}' (multi-joint and large muscles first)"
                     )
                     break
+        trainable = available_regions(request, session.day, catalogue)
+        need = balance_needed(request.goal, session.day, len(session.main), trainable, request.focus)
+        if len(covered & trainable) < need:
+            missing = sorted(trainable - covered)
+            found["balance"].append(
+                f"{tag} main covers {len(covered & trainable)} of {session.day}'s regions; needs {need} "
+                f"(missing {', '.join(missing)})"
+            )
         if request.focus and focus_possible(session.day, request.focus) and main_ranks:
             need = focus_needed(len(session.main))
             if n_focus < need:

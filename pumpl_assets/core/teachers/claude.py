@@ -79,7 +79,7 @@ TEACHER_SYSTEM_PROMPT = (
     "- Each exercise has EITHER reps OR work_s (holds, stretches, drills, cardio and interval work are "
     "timed), never both.\n"
     "- total_minutes = the requested minutes per session; days_per_week = the requested days; title ≤ 60 "
-    "characters. Do the duration arithmetic before answering.\n"
+    "characters and names no split but the plan's. Do the duration arithmetic before answering.\n"
     "- Omit equipment, muscles and notes."
 )
 

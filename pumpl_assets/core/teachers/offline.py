@@ -56,6 +56,7 @@ from pumpl_assets.core.standard import (
     focus_possible,
     order_rank,
     prescription_for,
+    regions_of,
     split_for,
     warmup_minutes,
 )
@@ -260,6 +261,20 @@ def _session(
     # Main work: fill in the standard's order while it fits.
     focus_muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
     want_focus = bool(request.focus) and focus_possible(day, str(request.focus))
+    # Balance [ACSM11, NSCA16]: the day's regions that this person can train, each covered before any
+    # region gets a second exercise.
+    regions = (
+        frozenset().union(*(regions_of(day, e.primary_muscles) for e in main_pool))
+        if request.goal in RESISTANCE_GOALS
+        else frozenset()
+    )
+    focus_reach = (
+        frozenset().union(
+            *(regions_of(day, e.primary_muscles) for e in main_pool if set(e.primary_muscles) & focus_muscles)
+        )
+        if want_focus
+        else frozenset()
+    )
     budget = (
         target
         - n_warm * (warm_work + TRANSITION_SECONDS)
@@ -273,12 +288,18 @@ def _session(
         if len(items) >= MAX_MAIN or role not in doses:
             continue
         pool = [e for e in main_pool if e.role == role]
+        open_regions = regions - frozenset().union(*(regions_of(day, it.ex.primary_muscles) for it in items))
+        covering = [
+            e for e in main_pool if e.name not in chosen and regions_of(day, e.primary_muscles) & open_regions
+        ]
         n_focus = sum(1 for it in items if set(it.ex.primary_muscles) & focus_muscles)
         if want_focus and n_focus < focus_needed(len(items) + 1):
-            # Focus first: a focus exercise of this role, else of any role the goal uses.
+            # Focus first: a focus exercise of this role, else of any role the goal uses (one that also
+            # covers an open region when there is one).
             focus_pool = [
                 e for e in main_pool if set(e.primary_muscles) & focus_muscles and e.name not in chosen
             ]
+            focus_pool = [e for e in focus_pool if e in covering] or focus_pool
             same_role = [e for e in focus_pool if e.role == role]
             pool = same_role or focus_pool or pool
             if pool and pool[0].role != role and not same_role:
@@ -288,6 +309,16 @@ def _session(
                     else rng.choice(sorted({e.role for e in pool}))
                 )
                 pool = [e for e in pool if e.role == role]
+        elif covering:
+            # An open region first (one the focus exercises cannot reach, when a focus is still owed
+            # picks): this role's exercises that cover one, else a multi-joint one.
+            beyond_focus = open_regions - focus_reach
+            covering = [e for e in covering if regions_of(day, e.primary_muscles) & beyond_focus] or covering
+            same_role = [e for e in covering if e.role == role]
+            if not same_role:
+                roles_left = sorted({e.role for e in covering})
+                role = "primary" if "primary" in roles_left else rng.choice(roles_left)
+            pool = [e for e in covering if e.role == role]
         dose = doses[role]
         if dose.seconds() > budget + 0.4 * dose.seconds():
             continue

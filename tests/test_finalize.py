@@ -178,8 +178,8 @@ def test_evaluation_scores_a_served_answer_before_and_after_the_post_step(
     plan = plan_for_request(req, catalogue)
     s = plan.sessions[0]
     s.main.reverse()  # small muscles first: the order rule fails
-    for e in s.main:
-        e.sets = _main_pres(req, catalogue, e).sets[0]  # the least volume: too short
+    for e in s.main:  # the least volume and the shortest rests: too short
+        e.sets, e.rest_s = _main_pres(req, catalogue, e).sets[0], _main_pres(req, catalogue, e).rest_s[0]
     s.main_count = len(s.main) + 1
     row = score_served(req, req, dump_plan(plan), catalogue)
     assert {"order", "duration", "declared"} <= set(row["decided_failed_checks"])

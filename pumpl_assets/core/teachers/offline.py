@@ -311,14 +311,18 @@ def _session(
                 pool = [e for e in pool if e.role == role]
         elif covering:
             # An open region first (one the focus exercises cannot reach, when a focus is still owed
-            # picks): this role's exercises that cover one, else a multi-joint one.
+            # picks), with a multi-joint exercise while one still fits the session [ACSM11] — a row
+            # rather than a curl for the day's pulling — else one of this slot's role.
             beyond_focus = open_regions - focus_reach
             covering = [e for e in covering if regions_of(day, e.primary_muscles) & beyond_focus] or covering
-            same_role = [e for e in covering if e.role == role]
-            if not same_role:
-                roles_left = sorted({e.role for e in covering})
-                role = "primary" if "primary" in roles_left else rng.choice(roles_left)
-            pool = [e for e in covering if e.role == role]
+            multi_joint = [e for e in covering if e.role == "primary"]
+            if multi_joint and doses["primary"].seconds() <= 1.4 * budget:
+                role, pool = "primary", multi_joint
+            else:
+                same_role = [e for e in covering if e.role == role]
+                if not same_role:
+                    role = rng.choice(sorted({e.role for e in covering}))
+                pool = [e for e in covering if e.role == role]
         dose = doses[role]
         if dose.seconds() > budget + 0.4 * dose.seconds():
             continue

@@ -248,8 +248,8 @@ def test_served_mode_with_budget_is_valid_and_guaranteed_checks_hold(
     assert not any(k.startswith("base.unconstrained") for k in s)
     assert rep.per_example.height == 3
     assert s["grammar.compiles"] == 3.0
-    # per-row budgets: 1.5 × the reference answer's tokens + 32 (capped by max_new_tokens)
-    assert (rep.per_example["completion_tokens"] <= 1.5 * 120 + 32).all()  # references are ~110 tokens
+    # every row gets the same budget, max_new_tokens (what a served plan request gets, capped)
+    assert (rep.per_example["completion_tokens"] <= 1500).all()
     done = rep.per_example.filter(pl.col("finish_reason") == "stop")
     # every completed served answer is a plan, and the grammar's guaranteed checks hold on it, before
     # (the model's answer) and after the served post-step (what the person gets)

@@ -22,9 +22,13 @@ plus ``<model>.test_loss`` (mean token NLL of the reference answers, prompt mask
 The model sees the request AS UNDERSTOOD from the row's free-text ``request_text`` (the split parses it
 with the serving parser and stores it as ``understood_json``; rows without it fall back to the request
 itself), and every answer is scored against the row's TRUE request (``request_json``): a parser
-mistake costs the plan its checks, as it would in production. Each row's generation budget is
-``1.5 ×`` its reference answer's tokens + 32 (capped by ``max_new_tokens``), the same rule for every
-model, so an untuned base that rambles costs bounded time. Greedy decoding; one model is loaded and
+mistake costs the plan its checks, as it would in production. Every row of every model and mode gets
+the same generation budget, ``max_new_tokens`` (the partition's ``eval_max_new_tokens``): a served plan
+request that sets no ``max_tokens`` gets up to 2,048 tokens (``pumpl_serving.api.PLAN_MAX_TOKENS``), so
+a plan is scored as a person would receive it. (Until 2026-12-01 each row got 1.5 × its reference
+answer + 32 tokens; when the offline coach began writing fewer, longer-rest exercises, 10 of 60 served
+plans of a model that wrote a few more were cut mid-JSON and scored as no plan, though a served request
+would have finished them.) Greedy decoding; one model is loaded and
 the base runs go through ``model.disable_adapter()``.
 """
 
@@ -68,8 +72,6 @@ RATE_METRICS: tuple[str, ...] = (
 DECIDED_METRICS: tuple[str, ...] = tuple(f"decided.{c}" for c in DOMAIN_CHECKS)
 MODE_METRICS: tuple[str, ...] = (*RATE_METRICS, "tokens_per_s", "latency_p50_ms", "latency_p95_ms")
 REQUIRED_COLUMNS = ("example_id", "request_json", "plan_json")
-BUDGET_FACTOR = 1.5
-BUDGET_SLACK = 32
 
 PER_EXAMPLE_SCHEMA: dict[str, Any] = {
     "model": pl.String,
@@ -110,6 +112,7 @@ class _Example:
     reference: str
     prompt: str
     budget: int
+    reference_tokens: int
 
 
 def _parse_rows(
@@ -412,11 +415,10 @@ def evaluate_models(
         for eid, rj, req, seen, ref in parsed:
             prompt = render_prompt(tok, request_to_prompt(seen), system=system_prompt, style=style)
             n_ref = len(tok(ref, add_special_tokens=False).input_ids)
-            budget = min(max_new_tokens, math.ceil(BUDGET_FACTOR * n_ref) + BUDGET_SLACK)
-            examples.append(_Example(eid, rj, req, seen, ref, prompt, budget))
-        # Longest budgets first: decoding is continuously batched, so the short rows fill the places
-        # the long ones leave and the batch stays full to the end (longest-processing-time first).
-        examples.sort(key=lambda e: (-e.budget, e.example_id))
+            examples.append(_Example(eid, rj, req, seen, ref, prompt, max_new_tokens, n_ref))
+        # Longest expected answers first: decoding is continuously batched, so the short rows fill the
+        # places the long ones leave and the batch stays full to the end (longest-processing-time first).
+        examples.sort(key=lambda e: (-e.reference_tokens, e.example_id))
 
         summary: dict[str, float] = {
             "n_examples": float(len(examples)),

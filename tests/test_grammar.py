@@ -226,6 +226,32 @@ def test_schema_cache_returns_independent_copies(small_catalogue: ExerciseCatalo
 
 
 @pytest.mark.unit
+def test_free_text_fields_refuse_control_characters() -> None:
+    from pydantic import ValidationError
+
+    from pumpl_assets.core.schemas import WorkoutPlanResponse
+
+    schema = plan_json_schema(None, include_optional=True)
+    title = schema["properties"]["title"]
+    assert title["pattern"] == r"^[^\x00-\x1f]{3,60}$"
+    plan: dict[str, Any] = {
+        "total_minutes": 20, "days_per_week": 3, "split": "full_body", "title": "Quick session",
+        "sessions": [{
+            "day": "full_body", "main_count": 1, "warmup": [{"name": "Arm Circles", "work_s": 90}],
+            "main": [{"name": "Goblet Squat", "sets": 3, "rest_s": 120, "reps": 10}],
+            "cooldown": [{"name": "Standing Hamstring Stretch", "sets": 2, "work_s": 30}],
+        }],
+    }  # fmt: skip
+    WorkoutPlanResponse.model_validate(plan)
+    for field, bad in (("title", "Quick\tsession"), ("title", "Q\x1fuick")):
+        with pytest.raises(ValidationError, match="pattern"):
+            WorkoutPlanResponse.model_validate({**plan, field: bad})
+    squat = {**plan["sessions"][0]["main"][0], "notes": "slow\neccentric"}
+    with pytest.raises(ValidationError, match="pattern"):
+        WorkoutPlanResponse.model_validate({**plan, "sessions": [{**plan["sessions"][0], "main": [squat]}]})
+
+
+@pytest.mark.unit
 def test_empty_subset_is_a_clear_error() -> None:
     cat = ExerciseCatalogue.from_records(
         [{"name": "Barbell Snatch", "level": "expert", "equipment": "barbell", "category": "strength"}]
@@ -310,6 +336,12 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     pool = [squat, row, plank, push]
     for n in range(1, len(pool) + 1):
         assert ok(plan(pool[:n])) == (lo <= n <= hi), n
+    # a title is free text, but JSON text: a raw tab or control character (which xgrammar's plain
+    # string rule admits, and which once made a sampled served answer unparsable) is refused
+    assert ok(good.replace("Quick dumbbell session", "Día 1: full body"))
+    for bad in ("Quick\tdumbbell", "Quick\x01dumbbell", "Quick\ndumbbell"):
+        assert not ok(good.replace("Quick dumbbell session", bad)), repr(bad)
+    assert not ok(good.replace("Quick dumbbell session", "Q" * 61))  # the pattern carries the length
     # non-compact whitespace is rejected (any_whitespace=False)
     spaced = xgr.GrammarMatcher(g1)
     assert not spaced.accept_string('{"total_minutes": 20')

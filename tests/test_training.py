@@ -412,6 +412,8 @@ def test_sft_trainer_loop_trains_checkpoints_and_resumes(
     assert json.loads((adapter / "pumpl_training.json").read_text())["loop"] == "sft_trainer"
     run_dir = Path(first.extra["checkpoints"])
     assert [s for s, _ in complete_checkpoints(run_dir)] == [2, 4]
+    if not packing:
+        return  # resuming does not depend on how rows are built: the packed case below covers it
     # A checkpoint cut short (no trainer_state.json) is never resumed from.
     (run_dir / "checkpoint-6").mkdir()
     assert [s for s, _ in complete_checkpoints(run_dir)] == [2, 4]

@@ -210,14 +210,16 @@ def answer_loss(
                 labels[i, n_prompt : len(ids)] = t[n_prompt:]
             logits = engine.model(
                 input_ids=input_ids.to(engine.device), attention_mask=mask.to(engine.device)
-            ).logits.float()
-            shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            ).logits
+            shift_labels = labels[:, 1:].to(logits.device)
+            scored = shift_labels != -100
+            # Only the answer positions go to fp32 and the softmax: prompt and padding rows (most of a
+            # batch's width x 49k-vocabulary logits) were copied and scored only to be ignored.
             nll = torch.nn.functional.cross_entropy(
-                shift_logits, shift_labels, ignore_index=-100, reduction="sum"
+                logits[:, :-1, :][scored].float(), shift_labels[scored], reduction="sum"
             )
             total += float(nll)
-            count += int((shift_labels != -100).sum())
+            count += int(scored.sum())
     if count == 0:
         raise ValueError("no answer tokens to score (every reference answer was empty after masking)")
     return total / count, count

@@ -103,18 +103,33 @@ MAX_MAIN = 10
 MAX_COOLDOWN = 3
 
 
+def printable(lo: int, hi: int) -> str:
+    """Pattern of a free-text field: ``lo``..``hi`` characters, none of them a control character.
+
+    JSON forbids raw U+0000-U+001F inside a string, and xgrammar's string rule admits them: a tab
+    sampled into a served title made the answer unparsable. xgrammar ignores ``minLength`` /
+    ``maxLength`` beside a ``pattern``, so the pattern carries the length too.
+    """
+    return rf"^[^\x00-\x1f]{{{lo},{hi}}}$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 class _ExerciseBase(_Strict):
-    name: str = Field(min_length=2, max_length=80, description="Exact catalogue name of the exercise")
+    name: str = Field(
+        min_length=2,
+        max_length=80,
+        pattern=printable(2, 80),
+        description="Exact catalogue name of the exercise",
+    )
     # Defaults (1 set, no rest) are omitted from the compact JSON: warm-up/cool-down items are shorter.
     sets: int = Field(default=1, ge=1, le=8)
     rest_s: int = Field(default=0, ge=0, le=300, description="Rest after each set, seconds")
     equipment: Equipment | None = Field(default=None, description="Optional; derivable from the catalogue")
     muscles: list[Muscle] | None = Field(default=None, max_length=4, description="Primary muscles (optional)")
-    notes: str | None = Field(default=None, max_length=120)
+    notes: str | None = Field(default=None, max_length=120, pattern=printable(0, 120))
 
 
 class RepsExercise(_ExerciseBase):
@@ -182,7 +197,7 @@ class WorkoutPlanResponse(_Strict):
     # After the split: a model writes fields in order, so the title is written knowing the split
     # (written first, 33 of 59 served plans of the 2026-12-01 champion named "Upper/Lower" on a
     # full-body week).
-    title: str = Field(min_length=3, max_length=60)
+    title: str = Field(min_length=3, max_length=60, pattern=printable(3, 60))
     sessions: list[WorkoutDay] = Field(min_length=1, max_length=MAX_SESSIONS)
 
     def session_seconds(self) -> list[int]:

@@ -397,6 +397,10 @@ def test_merged_folder_is_scored_as_the_fine_tuned_model(
     tuned_keys = [k for k in merged_text if k[0] == "adapter"]
     agree = sum(merged_text[k] == unmerged_text[k] for k in tuned_keys) / len(tuned_keys)
     assert agree >= 0.75, agree
+    # The merged model's engine took over the base's compiled grammars (same tokenizer): each served
+    # schema compiled once, as with the one unmerged engine, not once per model.
+    assert rep.summary["grammar.compiles"] == report.summary["grammar.compiles"] > 0
+    assert rep.summary["grammar.cache_hits"] == report.summary["grammar.cache_hits"] > 0
     with pytest.raises(ValueError, match="excludes adapter_dir"):
         evaluate_models(
             tiny_model_dir, lora_dir, test_rows, catalogue, style="chat_template", system_prompt=None,

@@ -279,6 +279,12 @@ def test_grammar_cache_compiles_once_and_accepts_reference_plan(
     assert g1 is g2
     assert cache.stats.compiles == 1 and cache.stats.hits == 1
     assert cache.stats.last_compile_seconds > 0
+    # Another engine may reuse these grammars only with the same vocabulary, size and stop tokens.
+    assert cache.serves(AutoTokenizer.from_pretrained(tiny_model_dir), len(tok), [2])
+    assert not cache.serves(tok, len(tok), [3]) and not cache.serves(tok, len(tok) + 1, [2])
+    grown = AutoTokenizer.from_pretrained(tiny_model_dir)
+    grown.add_tokens(["<pumpl-extra>"])
+    assert not cache.serves(grown, len(tok), [2])
 
     def plan(
         main: list[str], total: int = 20, days: int = 3, split: str = "full_body", **session: str

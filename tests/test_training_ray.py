@@ -107,13 +107,16 @@ def start_ray_head(extra_env: dict[str, str] | None = None) -> Iterator[str]:
         log.unlink(missing_ok=True)
 
 
-def _stop_after_first_checkpoint(address: str, ckpt_root: Path, box: dict[str, object]) -> None:
-    """Watcher: once a checkpoint is complete, stop the running training Ray job (like `ray job stop`)."""
+def _stop_after_first_checkpoint(
+    address: str, ckpt_root: Path, box: dict[str, object], done: threading.Event
+) -> None:
+    """Watcher: once a checkpoint is complete, stop the running training Ray job (like `ray job stop`).
+    ``done`` is set when the materialization returned (stopped or, if the watcher was too late, finished)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not done.is_set():
         if any((p / "COMPLETE.json").is_file() for p in ckpt_root.glob("step-*")):
             running = [
                 j.submission_id
@@ -126,7 +129,10 @@ def _stop_after_first_checkpoint(address: str, ckpt_root: Path, box: dict[str, o
                 client.stop_job(str(running[0]))
                 return
         time.sleep(0.1)
-    box["error"] = "no checkpoint appeared within 120 s"
+    box["error"] = (
+        "the training finished before the watcher could stop it" if done.is_set()
+        else "no checkpoint appeared within 120 s"
+    )  # fmt: skip
 
 
 def test_training_as_a_ray_job_succeeds_and_resumes_after_the_job_is_stopped(
@@ -150,17 +156,22 @@ def test_training_as_a_ray_job_succeeds_and_resumes_after_the_job_is_stopped(
     monkeypatch.setenv("PUMPL_RAY_ADDRESS", ray_head)
     monkeypatch.setenv("PUMPL_FAKE_SECRET_TOKEN", "must-not-travel")
     write_tiny_split()
-    cfg = TrainConfig(launcher="ray", max_steps=12, checkpoint_every=2, learning_rate=5e-3)
+    # Enough steps that the watcher's stop (a job listing, then a stop request) lands mid-training even
+    # when the box is busy: with 12, a fast run once finished first and the test failed on its own race.
+    steps = 30
+    cfg = TrainConfig(launcher="ray", max_steps=steps, checkpoint_every=2, learning_rate=5e-3)
     out = settings.artifacts_dir(PARTITION, "lora_adapter")
     client = JobSubmissionClient(ray_head)
 
     # 1. Stopped mid-training: the asset fails naming the stopped job; no final adapter.
     box: dict[str, object] = {}
+    done = threading.Event()
     watcher = threading.Thread(
-        target=_stop_after_first_checkpoint, args=(ray_head, out / "checkpoints", box), daemon=True
+        target=_stop_after_first_checkpoint, args=(ray_head, out / "checkpoints", box, done), daemon=True
     )
     watcher.start()
     first, instance = materialize_lora(cfg)
+    done.set()
     watcher.join(timeout=30)
     assert "error" not in box, box
     stopped = str(box["stopped"])
@@ -179,9 +190,9 @@ def test_training_as_a_ray_job_succeeds_and_resumes_after_the_job_is_stopped(
     assert job_id != stopped and client.get_job_status(job_id) == JobStatus.SUCCEEDED
     assert md["launcher"] == "ray"
     assert md["resumed_from_step"] > 0 and md["resumed_from_step"] >= int(box["at_step"])  # type: ignore[call-overload]
-    assert md["steps"] == 12 and md["steps_this_run"] == 12 - md["resumed_from_step"]
+    assert md["steps"] == steps and md["steps_this_run"] == steps - md["resumed_from_step"]
     losses = md["train_loss"]
-    assert [s for s, _ in losses] == list(range(1, 13)) and all(math.isfinite(v) for _, v in losses)
+    assert [s for s, _ in losses] == list(range(1, steps + 1)) and all(math.isfinite(v) for _, v in losses)
     assert md["final_train_loss"] == losses[-1][1]
     assert (Path(md["adapter_dir"]) / "adapter_model.safetensors").is_file()
     checks = check_outcomes(second)  # reported by the Ray job through Pipes

@@ -431,11 +431,13 @@ def evaluate_models(
         grammar_stats = []
         for model in models:
             if tuned_model is not None and model == "adapter" and eng.model_path != str(tuned_model):
-                # The base is done: its engine gives way to the merged model's (one in memory at a time).
-                if eng._grammars is not None:
-                    grammar_stats.append(eng._grammars.stats)
+                # The base is done: its engine gives way to the merged model's (one in memory at a time),
+                # which keeps the compiled grammars when its tokenizer is the base's (it is, once merged).
+                grammars = eng._grammars
                 eng.close()
                 eng = _as_hf(load_engine("transformers", tuned_model, dtype=dtype))
+                if grammars is not None and not eng.adopt_grammars(grammars):
+                    grammar_stats.append(grammars.stats)
             with _adapter_toggle(eng, model):
                 loss, n_tok = answer_loss(
                     eng,

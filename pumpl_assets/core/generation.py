@@ -154,6 +154,15 @@ class GrammarCache:
     def __len__(self) -> int:
         return len(self._lru)
 
+    def serves(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> bool:
+        """Whether this cache's grammars are valid for another engine: the same vocabulary (token
+        strings and ids), vocabulary size and stop tokens (a merged model keeps its base's tokenizer)."""
+        return (
+            vocab_size == self.vocab_size
+            and list(stop_token_ids) == self.stop_token_ids
+            and tokenizer.get_vocab() == self._tokenizer.get_vocab()
+        )
+
     def get(self, schema: dict) -> Any:
         """The compiled grammar of ``schema`` (compiled once, then served from the LRU)."""
         key = schema_key(schema)
@@ -324,6 +333,17 @@ class HFEngine:
         if self._grammars is None:
             self._grammars = GrammarCache(self.tokenizer, self.vocab_size, self.stop_token_ids)
         return self._grammars
+
+    def adopt_grammars(self, cache: GrammarCache | None) -> bool:
+        """Take over another engine's compiled grammars when they fit this tokenizer (evaluation decodes
+        the same 60 served schemas with the base and then the merged model: ~0.5 s a compile here);
+        False, and nothing changes, when they do not."""
+        if cache is None or self._grammars is not None:
+            return False
+        if not cache.serves(self.tokenizer, self.vocab_size, self.stop_token_ids):
+            return False
+        self._grammars = cache
+        return True
 
     # -- public API ------------------------------------------------------------------------
     def generate(

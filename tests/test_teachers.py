@@ -310,7 +310,9 @@ def test_cost_table() -> None:
 
 @pytest.fixture()
 def api(catalogue: ExerciseCatalogue):  # type: ignore[no-untyped-def]
-    with FakeMessagesAPI(catalogue, retry_after_s=0.3, delay_s=1.5) as server:
+    # delay_s sits well past the client's timeout_s, and timeout_s well past a loaded box's answer
+    # time: with 0.7 s a CI box timed out on an ordinary reply once, and the retry ate the scripted one.
+    with FakeMessagesAPI(catalogue, retry_after_s=0.3, delay_s=6.0) as server:
         yield server
 
 
@@ -321,7 +323,7 @@ def _teacher(api: FakeMessagesAPI, tmp_path: Path, **kw) -> ClaudeTeacher:  # ty
         "cache_path": tmp_path / "cache.sqlite",
         "backoff_s": 0.01,
         "max_backoff_s": 1.0,
-        "timeout_s": 0.7,
+        "timeout_s": 2.5,
         "max_concurrency": 1,
         "max_retries": 3,
     }

@@ -378,6 +378,13 @@ class _ModelWorker:
         except NoSuitableExercisesError as exc:
             raise ItemError(422, str(exc)) from exc
 
+    def _rules_for(self, spec: RequestSpec | None, schema: dict[str, Any] | None) -> Any:
+        """The decode guard's balance / focus / length rules for a served plan request (None when the
+        answer runs without a plan grammar)."""
+        from pumpl_assets.core.grammar import request_plan_rules
+
+        return request_plan_rules(spec, self.catalogue) if schema is not None else None
+
     def _finish(self, spec: RequestSpec | None, text: str) -> tuple[dict[str, Any] | None, list[str]]:
         """The plan in ``text`` (None if it is not one) after the served post-step when the request
         is known (order, length and declared figures inside the standard; core/finalize.py)."""
@@ -475,6 +482,7 @@ class GenerateAPI(_ModelWorker, ls.LitAPI):
                         top_p=r.top_p,
                         seed=r.seed,
                         stop=r.stop,
+                        plan_rules=self._rules_for(spec, job.schema),
                     )
                     runnable.append(job)
                 except ItemError as exc:
@@ -789,6 +797,7 @@ class ChatAPI(_ModelWorker, ls.LitAPI):
                 temperature=0.0 if request.temperature is None else float(request.temperature),
                 top_p=1.0 if request.top_p is None else float(request.top_p),
                 stop=[stop] if isinstance(stop, str) else stop,
+                plan_rules=self._rules_for(understood.spec if understood else None, schema),
             )
             pieces: list[str] = []
             # The understood request rides on the first message (PumplOpenAISpec moves it to `pumpl`).

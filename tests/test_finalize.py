@@ -192,3 +192,36 @@ def test_evaluation_scores_a_served_answer_before_and_after_the_post_step(
     # a reply that is no plan is scored as such on both sides
     cut = score_served(req, req, dump_plan(plan)[:100], catalogue)
     assert not cut["schema_valid"] and cut["adjustments"] == [] and cut["plan_text"] == dump_plan(plan)[:100]
+
+
+def test_a_drop_spares_the_only_exercise_of_a_balance_region(catalogue: ExerciseCatalogue) -> None:
+    """The model's last main exercise is its only pull work; the session is too long at every
+    shortest prescription, so something goes: another one, not the pull (balance [ACSM09])."""
+    from pumpl_assets.core.standard import order_rank, regions_of
+
+    req = RequestSpec(
+        goal="strength", minutes=45, level="intermediate", equipment=["barbell", "dumbbell"], days_per_week=3
+    )
+    plan = plan_for_request(req.model_copy(update={"minutes": 120}), catalogue)
+    session = plan.sessions[0]
+
+    def region(e: RepsExercise | TimedExercise) -> frozenset[str]:
+        return regions_of("full_body", catalogue.get(e.name).primary_muscles)  # type: ignore[union-attr]
+
+    def rank(e: RepsExercise | TimedExercise) -> int:
+        c = catalogue.get(e.name)
+        assert c is not None
+        return order_rank(c.role, c.primary_muscles)
+
+    pulls = [e for e in session.main if "pull" in region(e)]
+    others = [e for e in session.main if "pull" not in region(e)]
+    assert pulls and len(others) >= 3, [e.name for e in session.main]
+    # the pull work ranks last after the order rule, so the plain "drop the last" would take it
+    only_pull = max(pulls, key=rank)
+    others = [e for e in others if rank(e) <= rank(only_pull)]
+    session.main = [*others, only_pull]
+    done = finalize_plan(req, plan, catalogue)
+    assert any("dropped" in a for a in done.adjustments), done.adjustments
+    kept = [e.name for e in done.plan.sessions[0].main]
+    assert only_pull.name in kept, done.adjustments
+    assert _checks(req, done.plan, catalogue)["balance"], done.adjustments

@@ -8,8 +8,15 @@ import pytest
 
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.grammar import request_plan_schema
-from pumpl_assets.core.name_guard import SessionNameGuard, allowed_from_bitmask, block_names
+from pumpl_assets.core.name_guard import (
+    DayRules,
+    PlanRules,
+    SessionNameGuard,
+    allowed_from_bitmask,
+    block_names,
+)
 from pumpl_assets.core.schemas import RequestSpec
+from pumpl_assets.core.standard import Prescription
 
 NAMES = {
     "warmup": frozenset({"Jog In Place", "Arm Circles"}),
@@ -149,3 +156,188 @@ def shipped_catalogue() -> ExerciseCatalogue:
     from pumpl_assets.core import settings
 
     return ExerciseCatalogue.from_json_file(settings.shipped_raw_dir() / "exercises.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# The request's rules: balance, focus, length (name_guard module doc)
+
+RULE_VOCAB = ['"', "Push", "-Up", "Gob", "let Squat", "Plank", "Row", "}", "}]", ",", "]"]
+RT = {t: i for i, t in enumerate(RULE_VOCAB)}
+RULE_NAMES = {
+    "warmup": frozenset({"Jog In Place"}),
+    "main": frozenset({"Push-Up", "Goblet Squat", "Plank", "Row"}),
+    "cooldown": frozenset({"Child's Pose"}),
+}
+HOLD = Prescription(sets=(2, 3), rest_s=(30, 60), work_s=(20, 40))
+REPS = Prescription(sets=(2, 4), rest_s=(60, 120), reps=(8, 12))
+
+
+def _rules(focus: str | None = None, minutes: int = 30) -> PlanRules:
+    regions = {
+        "Push-Up": frozenset({"push"}),
+        "Goblet Squat": frozenset({"lower body"}),
+        "Row": frozenset({"pull"}),
+        "Plank": frozenset(),
+    }
+    day = DayRules(
+        day="full_body",
+        regions=regions,
+        trainable=frozenset({"push", "pull", "lower body"}),
+        focus_names=frozenset({"Plank"}) if focus == "core" else frozenset(),
+        focus_applies=focus is not None,
+        prescriptions={n: (HOLD if n == "Plank" else REPS) for n in regions},
+    )
+    target = 60.0 * minutes
+    return PlanRules(
+        goal="strength",
+        focus=focus,
+        lo_s=0.9 * target,
+        hi_s=1.1 * target,
+        warm_s=(300.0, 420.0),
+        cool_s=(180.0, 300.0),
+        days=(day,),
+    )
+
+
+def _session(count: int, *names: str, open_name: bool = True) -> str:
+    items = ",".join(f'{{"name":"{n}","sets":3,"rest_s":90,"reps":10}}' for n in names)
+    head = (
+        f'{{"day":"full_body","main_count":{count},"warmup":[{{"name":"Jog In Place","work_s":240}}],"main":['
+    )
+    if not open_name:
+        return HEAD + head + items
+    return HEAD + head + items + ("," if items else "") + '{"name":"'
+
+
+def _rule_banned(guard: SessionNameGuard, text: str, allowed: list[str]) -> set[str]:
+    return {RULE_VOCAB[i] for i in guard.banned(text, lambda: [RT[a] for a in allowed])}
+
+
+@pytest.mark.unit
+def test_balance_owed_narrows_the_names_only_when_the_slots_left_just_pay_it() -> None:
+    guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules())
+    every = ["Push", "Gob", "Plank", "Row"]
+    # Three slots, push covered: two regions owed, two slots left -> only a name that covers one.
+    assert _rule_banned(guard, _session(3, "Push-Up"), every) == {"Push", "Plank"}
+    assert guard.rule_bans == 1
+    # Six slots: room to pay later, the model chooses freely.
+    free = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules())
+    assert _rule_banned(free, _session(6, "Push-Up"), every) == {"Push"}  # only the repeat goes
+    # Mid-name the narrowing holds: 'Gob' continues to a payer, so nothing more is removed.
+    assert _rule_banned(guard, _session(3, "Push-Up") + "Gob", ["let Squat"]) == set()
+
+
+@pytest.mark.unit
+def test_the_slots_are_what_the_sessions_length_holds_not_only_the_declared_count() -> None:
+    """Six declared, but 15 minutes hold the written Push-Up (210 s at the bottom of its ranges) and two
+    more of the day's shortest (130 s) beside a 5-min warm-up and 3-min cool-down: the debts are paid
+    inside those two slots, as finalize would drop a fourth."""
+    guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(minutes=15))
+    assert _rule_banned(guard, _session(6, "Push-Up"), ["Push", "Gob", "Plank", "Row"]) == {"Push", "Plank"}
+    roomy = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(minutes=30))
+    assert _rule_banned(roomy, _session(6, "Push-Up"), ["Push", "Gob", "Plank", "Row"]) == {"Push"}
+
+
+@pytest.mark.unit
+def test_the_main_count_is_at_least_the_grammars_min_items() -> None:
+    """A model that declares one exercise still gets the session the grammar requires."""
+    guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(), main_min=[3])
+    assert _rule_banned(guard, _session(1, "Push-Up"), ["Push", "Gob", "Plank", "Row"]) == {"Push", "Plank"}
+
+
+@pytest.mark.unit
+def test_focus_owed_narrows_to_focus_names() -> None:
+    guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(focus="core"))
+    # Two slots with core focus: 40% of 2 -> one core exercise owed; balance needs what the rest allow.
+    assert "Plank" not in _rule_banned(guard, _session(2, "Push-Up"), ["Gob", "Plank", "Row"])
+    assert _rule_banned(guard, _session(2, "Push-Up"), ["Gob", "Plank", "Row"]) == {"Gob", "Row"}
+
+
+@pytest.mark.unit
+def test_an_unpayable_rule_steps_aside_and_counts_a_fallback() -> None:
+    guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules())
+    # The grammar allows only 'Plank' here: the rule would leave nothing, so it steps aside.
+    assert _rule_banned(guard, _session(3, "Push-Up"), ["Plank"]) == set()
+    assert guard.rule_fallbacks == 1 and guard.fallbacks == 0
+
+
+@pytest.mark.unit
+def test_the_main_list_does_not_close_too_short_or_owing() -> None:
+    # 60 min: 54 min at least. Two items at their tops (4 sets x (30+120) + 30 = 630 s each) + 7 min
+    # warm-up... the warm-up's one drill tops at 300 s, + 5 min cool-down: 1,860 s < 3,240 s -> short.
+    long_guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(minutes=60))
+    text = (
+        _session(2, "Goblet Squat", "Push-Up", open_name=False)
+        + ',{"name":"Row","sets":3,"rest_s":90,"reps":10}'
+    )
+    assert _rule_banned(long_guard, text, [",", "]"]) == {"]"}
+    assert _rule_banned(long_guard, text[:-1], ["}", "}]"]) == {"}]"}  # a token that closes both
+    # 20 min, the three regions covered: the list may close.
+    ok_guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(minutes=20))
+    assert _rule_banned(ok_guard, text, [",", "]"]) == set()
+    # 20 min with a core focus and no core exercise yet: one more fits (2 x 210 s + a 130 s Plank at
+    # the bottom of the ranges, + 5 min warm-up and 3 min cool-down <= 22 min), so no close.
+    owing = _session(2, "Goblet Squat", "Push-Up", open_name=False)
+    focus_guard = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(focus="core", minutes=20))
+    assert _rule_banned(focus_guard, owing, [",", "]"]) == {"]"}
+    # 15 min: a third exercise would not fit (16.5 min at most), so the debt is left to the check.
+    tight = SessionNameGuard(RULE_NAMES, RULE_VOCAB, rules=_rules(focus="core", minutes=15))
+    assert _rule_banned(tight, owing, [",", "]"]) == set()
+    # Closing is all the grammar allows (its maxItems): kept. Without rules a close is never blocked.
+    assert _rule_banned(focus_guard, owing, ["]"]) == set()
+    assert _rule_banned(SessionNameGuard(RULE_NAMES, RULE_VOCAB), owing, [",", "]"]) == set()
+
+
+@pytest.mark.integration
+def test_a_random_models_served_plans_keep_balance_and_focus_under_the_rules(
+    tiny_model_dir: Path, shipped_catalogue: ExerciseCatalogue
+) -> None:
+    """The rules hold whatever the model prefers: a random tiny model, decoded under the served grammar
+    with the request's rules, writes plans that pass ``balance`` and ``focus`` wherever no rule had to
+    step aside; without the rules the same model misses them."""
+    from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
+    from pumpl_assets.core.grammar import request_plan_rules
+    from pumpl_assets.core.prompts import render_prompt, request_to_prompt
+    from pumpl_assets.core.validate import validate_example
+
+    reqs = [
+        RequestSpec(goal="strength", minutes=30, level="beginner", equipment=["dumbbell"], days_per_week=3),
+        RequestSpec(
+            goal="hypertrophy", minutes=40, level="intermediate", equipment=["dumbbell"], days_per_week=4,
+            focus="core",
+        ),
+        RequestSpec(
+            goal="general_fitness", minutes=30, level="beginner", equipment=["body only", "bands"],
+            days_per_week=2, focus="glutes",
+        ),
+    ]  # fmt: skip
+    eng = load_engine("transformers", tiny_model_dir, dtype="float32")
+    assert isinstance(eng, HFEngine)
+    failed: dict[bool, list[str]] = {}
+    try:
+        prompts = [render_prompt(eng.tokenizer, request_to_prompt(r)) for r in reqs]
+        schemas: list[dict | None] = [request_plan_schema(r, shipped_catalogue) for r in reqs]
+        for with_rules in (True, False):
+            params = [
+                GenerationParams(
+                    max_new_tokens=1400,
+                    plan_rules=request_plan_rules(r, shipped_catalogue) if with_rules else None,
+                )
+                for r in reqs
+            ]
+            gens = eng.generate(prompts, params, schemas)
+            stats = dict(eng.last_stats)
+            failed[with_rules] = []
+            for r, g in zip(reqs, gens, strict=True):
+                assert g.finish_reason == "stop", g.text[-200:]
+                out = validate_example(r, g.text, shipped_catalogue)
+                assert out.adherence is not None, out.reasons
+                failed[with_rules] += [c for c in ("balance", "focus") if not out.adherence.checks[c]]
+            if with_rules:
+                assert stats["guard_rule_bans"] > 0 and stats["guard_rule_fallbacks"] == 0, stats
+    finally:
+        eng.close()
+    assert failed[True] == []
+    assert failed[False], (
+        "the random model met every rule unaided: this test no longer shows the rules' effect"
+    )

@@ -50,7 +50,12 @@ from pumpl_assets.core import artifacts as A
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.finalize import finalize_plan
 from pumpl_assets.core.generation import GenerationParams, HFEngine, load_engine
-from pumpl_assets.core.grammar import GUARANTEED_CHECKS, NoSuitableExercisesError, request_plan_schema
+from pumpl_assets.core.grammar import (
+    GUARANTEED_CHECKS,
+    NoSuitableExercisesError,
+    request_plan_rules,
+    request_plan_schema,
+)
 from pumpl_assets.core.io import atomic_path, write_json_atomic, write_parquet_atomic
 from pumpl_assets.core.prompts import render_example, render_prompt, request_to_prompt
 from pumpl_assets.core.schemas import RequestSpec, WorkoutPlanResponse, dump_plan
@@ -315,7 +320,14 @@ def _run_mode(
                 schemas.append(request_plan_schema(ex.understood, catalogue))
             except NoSuitableExercisesError:
                 schemas.append(None)  # the server answers such a request without a grammar too
-    params = [GenerationParams(max_new_tokens=ex.budget, temperature=0.0) for ex in examples]
+    params = [
+        GenerationParams(
+            max_new_tokens=ex.budget,
+            temperature=0.0,
+            plan_rules=request_plan_rules(ex.understood, catalogue) if mode == "served" else None,
+        )
+        for ex in examples
+    ]
     with _adapter_toggle(engine, model):
         # Continuous batching: batch_size rows at once, a finished row replaced by the next one.
         t0 = time.perf_counter()
@@ -355,6 +367,10 @@ def _run_mode(
         "latency_p50_ms": _percentile(lat, 0.50),
         "latency_p95_ms": _percentile(lat, 0.95),
     }
+    if mode == "served":
+        # How often the decode guard's rules narrowed a choice, and stepped aside (name_guard module doc).
+        stats = getattr(engine, "last_stats", {}) or {}
+        metrics |= {k: float(stats.get(k, 0.0)) for k in ("guard_rule_bans", "guard_rule_fallbacks")}
     return rows, metrics
 
 

@@ -13,7 +13,8 @@ served configuration finishes each plan here, the same function for the server a
 3. **length**: main sets, then rest, move inside each exercise's ranges for its role until the session
    lasts the requested minutes ±10%; then warm-up and cool-down inside their allowed lengths; only if
    it is still too long at the shortest in-range prescription are trailing main exercises dropped (one
-   is always kept, focus work last);
+   is always kept; the last one whose loss keeps the focus share and the day's balance regions goes
+   first);
 4. **declared figures**: ``main_count`` is the length of the main list, ``total_minutes`` the mean
    session length.
 
@@ -46,12 +47,15 @@ from pumpl_assets.core.standard import (
     WARMUP,
     EdgeBlock,
     Prescription,
+    balance_needed,
     cooldown_minutes,
     focus_needed,
     order_rank,
     prescription_for,
+    regions_of,
     warmup_minutes,
 )
+from pumpl_assets.core.validate import available_regions
 
 # Settled by this step whatever the model wrote: the order rule and the declared figures. Length and
 # the warm-up/cool-down size are fitted when the model's choices allow it (scored, not guaranteed).
@@ -234,19 +238,26 @@ def _fit_main(
 
 
 def _drop_index(request: RequestSpec, session: WorkoutDay, catalogue: ExerciseCatalogue) -> int:
-    """The last main exercise, sparing focus work the session still needs."""
-    if request.focus:
-        muscles = FOCUS_MUSCLES[request.focus]
+    """The last main exercise whose loss keeps the focus share and the day's balance regions the
+    session still meets (else simply the last one)."""
+    muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
+    trained = [c.primary_muscles if (c := catalogue.get(e.name)) is not None else () for e in session.main]
+    trainable = available_regions(request, session.day, catalogue)
 
-        def is_focus(e: Item) -> bool:
-            cat = catalogue.get(e.name)
-            return cat is not None and bool(set(cat.primary_muscles) & muscles)
+    def meets(keep: list[int]) -> tuple[bool, bool]:
+        n_focus = sum(1 for i in keep if set(trained[i]) & muscles)
+        covered: set[str] = set()
+        for i in keep:
+            covered |= regions_of(session.day, trained[i])
+        need = balance_needed(request.goal, session.day, len(keep), trainable, request.focus)
+        return (not muscles or n_focus >= focus_needed(len(keep))), len(covered & trainable) >= need
 
-        n_focus = sum(is_focus(e) for e in session.main)
-        need = focus_needed(len(session.main) - 1)
-        for i in range(len(session.main) - 1, -1, -1):
-            if not is_focus(session.main[i]) or n_focus - 1 >= need:
-                return i
+    everything = list(range(len(session.main)))
+    had = meets(everything)
+    for i in range(len(session.main) - 1, -1, -1):
+        after = meets([j for j in everything if j != i])
+        if all(a or not h for a, h in zip(after, had, strict=True)):
+            return i
     return len(session.main) - 1
 
 

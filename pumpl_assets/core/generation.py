@@ -54,9 +54,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pumpl_assets.core.io import sha256_text
 from pumpl_assets.core.name_guard import (
+    PlanRules,
     SessionNameGuard,
     allowed_from_bitmask,
     session_block_names,
+    session_main_min,
     token_texts,
 )
 
@@ -73,6 +75,9 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] | None = None
+    # A served plan's balance / focus / length rules for the decode guard (grammar.request_plan_rules);
+    # engines without the guard (vLLM, llama.cpp) ignore it.
+    plan_rules: PlanRules | None = None
 
 
 @dataclass
@@ -191,15 +196,16 @@ class GrammarCache:
 
         return xgr.GrammarMatcher(self.get(schema))
 
-    def name_guard(self, schema: dict) -> SessionNameGuard | None:
-        """A fresh no-repeat guard for a served plan schema (None for any other schema)."""
+    def name_guard(self, schema: dict, rules: PlanRules | None = None) -> SessionNameGuard | None:
+        """A fresh decode guard for a served plan schema (None for any other schema): no repeats, and
+        with ``rules`` the request's balance / focus / length rules (name_guard module doc)."""
         names = session_block_names(schema)
         if names is None:
             return None
         with self._lock:
             if self._token_text is None:
                 self._token_text = token_texts(self._tokenizer, self.vocab_size)
-        return SessionNameGuard(names, self._token_text)
+        return SessionNameGuard(names, self._token_text, rules=rules, main_min=session_main_min(schema))
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +477,7 @@ class HFEngine:
         waiting = list(range(n - 1, limit - 1, -1))  # pop() admits in the given order
         stats = {
             "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "batch": float(limit),
-            "guard_banned": 0.0, "guard_fallbacks": 0.0, "admitted_late": float(n - limit),
+            "guard_banned": 0.0, "guard_fallbacks": 0.0, "guard_rule_bans": 0.0, "guard_rule_fallbacks": 0.0, "admitted_late": float(n - limit),
             "trimmed_columns": 0.0,
         }  # fmt: skip
         self.last_stats = stats
@@ -499,7 +505,10 @@ class HFEngine:
                         keep.append(b)
                     else:
                         row.seconds = time.perf_counter() - row.started
-                stats["guard_fallbacks"] = float(sum(r.guard.fallbacks for r in rows if r.guard is not None))
+                guards = [r.guard for r in rows if r.guard is not None]
+                stats["guard_fallbacks"] = float(sum(g.fallbacks for g in guards))
+                stats["guard_rule_bans"] = float(sum(g.rule_bans for g in guards))
+                stats["guard_rule_fallbacks"] = float(sum(g.rule_fallbacks for g in guards))
                 yield rows
                 if len(keep) < len(active):
                     if keep:
@@ -583,7 +592,7 @@ class HFEngine:
         for i, s in enumerate(schemas):
             if s is not None:
                 rows[i].matcher = self.grammars.matcher(s)
-                rows[i].guard = self.grammars.name_guard(s)
+                rows[i].guard = self.grammars.name_guard(s, plist[i].plan_rules)
             if plist[i].temperature > 0:
                 g = torch.Generator(device="cpu")
                 seed = plist[i].seed

@@ -29,7 +29,11 @@ order, the declared figures — is done after decoding by :mod:`pumpl_assets.cor
 both before (what the model decided) and after (what the person gets). Beside the grammar, the served
 decoding runs :mod:`pumpl_assets.core.name_guard`, which removes a name already used in the session,
 so ``duplicates`` is guaranteed too (except when a block's allowed pool is used up; the check is still
-scored on every plan). A day whose muscles no allowed exercise trains falls back to every allowed main
+scored on every plan). Given the request's :func:`request_plan_rules`, the same guard keeps the rules
+a grammar cannot state reachable while the model writes — a resistance day's balance regions, the
+focus share, a main list long enough for the requested length — by narrowing the names (or refusing
+to close the main list) only when the session's remaining slots can just pay what it still owes;
+those checks stay scored, not guaranteed (a rule steps aside when it would leave the grammar nothing). A day whose muscles no allowed exercise trains falls back to every allowed main
 exercise (the ``split`` check then scores what the model chose).
 
 Schemas are cached per (equipment, level, limitations, goal, days, minutes) and catalogue; compiled
@@ -47,6 +51,7 @@ from collections import OrderedDict
 from typing import Any
 
 from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue
+from pumpl_assets.core.name_guard import DayRules, PlanRules
 from pumpl_assets.core.schemas import (
     DURATION_TOLERANCE,
     MAX_MAIN,
@@ -57,6 +62,7 @@ from pumpl_assets.core.schemas import (
 )
 from pumpl_assets.core.standard import (
     COOLDOWN,
+    FOCUS_MUSCLES,
     SPLIT_DAYS,
     STANDARD,
     WARMUP,
@@ -64,9 +70,12 @@ from pumpl_assets.core.standard import (
     Prescription,
     cooldown_minutes,
     fits_day,
+    focus_possible,
+    regions_of,
     split_for,
     warmup_minutes,
 )
+from pumpl_assets.core.validate import available_regions
 
 # Checks the served decoding makes impossible to fail (the report marks them "guaranteed"): the grammar's
 # six, and no repeat within a session (name_guard, on the engines that evaluation and CPU serving use).
@@ -313,6 +322,50 @@ def standard_plan_schema(request: RequestSpec, suitable: list[CatalogueExercise]
         "required": ["total_minutes", "days_per_week", "split", "title", "sessions"],
         "additionalProperties": False,
     }
+
+
+def _day_pool(
+    day: str, suitable: list[CatalogueExercise], roles: dict[str, Prescription]
+) -> list[CatalogueExercise]:
+    """The main exercises the served schema allows on ``day`` (a day none fits falls back to all)."""
+    pool = [e for e in suitable if e.role in roles and fits_day(day, e.primary_muscles, e.force)]
+    return pool or [
+        e for e in suitable if e.role in roles and fits_day("full_body", e.primary_muscles, e.force)
+    ]
+
+
+def request_plan_rules(request: RequestSpec | None, catalogue: ExerciseCatalogue | None) -> PlanRules | None:
+    """The balance / focus / length rules the decode guard keeps for ``request`` (None without a
+    request or catalogue: the guard then only refuses repeats). Same pools as the served schema."""
+    if request is None or catalogue is None:
+        return None
+    roles = STANDARD[request.goal][request.level]
+    suitable = catalogue.suitable(request.level, request.equipment, request.limitations)
+    focus_muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
+    days: list[DayRules] = []
+    for day in SPLIT_DAYS[split_for(request.goal, request.days_per_week)]:
+        pool = _day_pool(day, suitable, roles)
+        trainable = available_regions(request, day, catalogue)
+        days.append(
+            DayRules(
+                day=day,
+                regions={e.name: regions_of(day, e.primary_muscles) & trainable for e in pool},
+                trainable=trainable,
+                focus_names=frozenset(e.name for e in pool if set(e.primary_muscles) & focus_muscles),
+                focus_applies=bool(request.focus) and focus_possible(day, request.focus or ""),
+                prescriptions={e.name: roles[e.role] for e in pool},
+            )
+        )
+    target = 60.0 * request.minutes
+    return PlanRules(
+        goal=request.goal,
+        focus=request.focus,
+        lo_s=target * (1 - DURATION_TOLERANCE),
+        hi_s=target * (1 + DURATION_TOLERANCE),
+        warm_s=(60 * warmup_minutes(request.minutes)[0], 60 * warmup_minutes(request.minutes)[1]),
+        cool_s=(60 * cooldown_minutes(request.minutes)[0], 60 * cooldown_minutes(request.minutes)[1]),
+        days=tuple(days),
+    )
 
 
 def without_prefix_items(schema: dict[str, Any]) -> dict[str, Any]:

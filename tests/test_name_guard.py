@@ -341,3 +341,13 @@ def test_a_random_models_served_plans_keep_balance_and_focus_under_the_rules(
     assert failed[False], (
         "the random model met every rule unaided: this test no longer shows the rules' effect"
     )
+
+
+@pytest.mark.unit
+def test_the_report_says_who_settles_each_served_check() -> None:
+    from pumpl_assets.core.report import check_table_markdown
+
+    table = check_table_markdown({"adapter.served.balance": 1.0, "n_examples": 60.0})
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[-2] for line in table.splitlines()[2:-2]}
+    assert rows["balance"] == rows["focus"] == "model + guard"
+    assert rows["duplicates"] == "grammar" and rows["duration"] == "fitted" and rows["title"] == "model"

@@ -24,7 +24,8 @@ session already holds:
   the session short of the requested length −10% (what :mod:`finalize` can fit is all it may count on).
 
 Balance and focus are debts: the session's size is the model's ``main_count`` (at least the grammar's
-``minItems``); while the slots left can still pay every debt, the model chooses freely; when they can
+``minItems``, at most the items its length holds once the written ones sit at the bottom of their ranges
+— more would be dropped by :mod:`finalize`); while the slots left can still pay every debt, the model chooses freely; when they can
 only just pay, a name must pay one (the narrowest layer), and the main list does not close while a
 debt remains that one more exercise can pay and fit. Each layer steps aside when it would leave the
 grammar nothing (counted in ``rule_fallbacks``); then the next wider set applies (unused names, then
@@ -45,6 +46,11 @@ from pumpl_assets.core.schemas import SECONDS_PER_REP, TRANSITION_SECONDS
 from pumpl_assets.core.standard import WARMUP, Prescription, balance_needed, focus_needed
 
 # The compact JSON the grammar writes (separators "," and ":"; no whitespace).
+# Checks the guard's rules keep reachable while the model writes (scored on every plan, not guaranteed:
+# a rule steps aside when it would leave the grammar nothing). ``duration`` is also helped (the length
+# rule) but the post-step fits it, so the report calls it "fitted".
+GUARDED_CHECKS: tuple[str, ...] = ("balance", "focus")
+
 _SESSION_START = '{"day":'
 _BLOCK_KEYS = {'"warmup":[': "warmup", '"main":[': "main", '"cooldown":[': "cooldown"}
 _NAME_KEY = '"name":"'

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pumpl_assets.core.evaluate import RATE_METRICS
 from pumpl_assets.core.finalize import FINALIZED_CHECKS, FITTED_CHECKS
 from pumpl_assets.core.grammar import GUARANTEED_CHECKS
+from pumpl_assets.core.name_guard import GUARDED_CHECKS
 
 COLUMNS = (
     ("base", "unconstrained"),
@@ -27,7 +28,7 @@ def check_table_markdown(
     """Per-check pass rates for base / adapter × unconstrained / served (what the person gets, after
     the served post-step) and the adapter's served answer as the model wrote it; who settles each
     check when served (grammar, post-step, fitted by the post-step when the model's choices allow,
-    model); and the adapter's most common served failure cause per check."""
+    the model kept to a rule by the decode guard, model); and the adapter's most common served failure cause per check."""
     head = (
         "| check | "
         + " | ".join(f"{m} {mode}" for m, mode in COLUMNS)
@@ -49,6 +50,8 @@ def check_table_markdown(
             who = "post-step"
         elif metric in FITTED_CHECKS:
             who = "fitted"
+        elif metric in GUARDED_CHECKS:
+            who = "model + guard"
         else:
             who = "model"
         top = served_causes.get(metric) or []

@@ -9,6 +9,7 @@ import pytest
 from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.grammar import request_plan_schema
 from pumpl_assets.core.name_guard import (
+    GUARDED_CHECKS,
     DayRules,
     PlanRules,
     SessionNameGuard,
@@ -332,7 +333,7 @@ def test_a_random_models_served_plans_keep_balance_and_focus_under_the_rules(
                 assert g.finish_reason == "stop", g.text[-200:]
                 out = validate_example(r, g.text, shipped_catalogue)
                 assert out.adherence is not None, out.reasons
-                failed[with_rules] += [c for c in ("balance", "focus") if not out.adherence.checks[c]]
+                failed[with_rules] += [c for c in GUARDED_CHECKS if not out.adherence.checks[c]]
             if with_rules:
                 assert stats["guard_rule_bans"] > 0 and stats["guard_rule_fallbacks"] == 0, stats
     finally:

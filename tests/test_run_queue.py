@@ -71,6 +71,11 @@ def test_queue_keeps_partitions_and_gpu_pool_exclusive(
     }
     for k, v in db_env.items():
         monkeypatch.setenv(k, v)
+    # Create the instance's tables once, before the daemon and the launcher both open the fresh
+    # database: each creates them on first use, and two creators racing fail with DuplicateObject
+    # ('type "jobs" already exists'; the daemon exited with it once in a CI run).
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
 
     daemon = Server(
         name="dagster-daemon",

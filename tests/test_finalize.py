@@ -222,3 +222,33 @@ def test_a_drop_spares_the_only_exercise_of_a_balance_region(catalogue: Exercise
     kept = [e.name for e in done.plan.sessions[0].main]
     assert len(kept) >= 3 and names[-1] in kept, (kept, done.adjustments)
     assert _checks(req, done.plan, catalogue)["balance"], done.adjustments
+
+
+def test_a_drop_loses_no_more_of_focus_balance_proportion_cooldown_than_any_other(
+    catalogue: ExerciseCatalogue, planned: list[tuple[RequestSpec, WorkoutPlanResponse]]
+) -> None:
+    """Whichever main exercise the last-resort drop picks, removing any other one would not have kept
+    more of the checks the session met (focus, balance, proportion, cool-down on the trained muscles);
+    scored by the validator itself on the coach's sessions cut to their first 3 or 4 main lifts."""
+    from pumpl_assets.core.finalize import _drop_index
+
+    kept_checks = ("focus", "balance", "proportion", "cooldown")
+    compared = 0
+    for req, plan in planned:
+        for si in range(len(plan.sessions)):
+            for n in (3, 4):  # the session cut to its first n main lifts: tight, so drops cost something
+                tight = plan.model_copy(deep=True)
+                del tight.sessions[si].main[n:]
+                if len(tight.sessions[si].main) < n:
+                    continue
+                met = _checks(req, tight, catalogue)
+                losses = []
+                for i in range(n):
+                    cut = tight.model_copy(deep=True)
+                    del cut.sessions[si].main[i]
+                    checks = _checks(req, cut, catalogue)
+                    losses.append(sum(1 for c in kept_checks if met[c] and not checks[c]))
+                picked = _drop_index(req, tight.sessions[si], catalogue)
+                assert losses[picked] == min(losses), (req, si, n, losses)
+                compared += 1
+    assert compared >= 100, compared

@@ -289,6 +289,114 @@ def test_the_main_list_does_not_close_too_short_or_owing() -> None:
     assert _rule_banned(SessionNameGuard(RULE_NAMES, RULE_VOCAB), owing, [",", "]"]) == set()
 
 
+# Proportion and cool-down: a day of three pushes, a row, a squat, a plank; stretches per muscle.
+P_VOCAB = [
+    '"',
+    "Push",
+    "-Up",
+    "Dip",
+    "Press",
+    "Gob",
+    "let Squat",
+    "Plank",
+    "Row",
+    "Quad",
+    "Chest",
+    "Lat",
+    " Stretch",
+]
+PT = {t: i for i, t in enumerate(P_VOCAB)}
+P_NAMES = {
+    "warmup": frozenset({"Jog In Place"}),
+    "main": frozenset({"Push-Up", "Dip", "Press", "Goblet Squat", "Plank", "Row"}),
+    "cooldown": frozenset({"Quad Stretch", "Chest Stretch", "Lat Stretch"}),
+}
+P_MUSCLES = {
+    "Push-Up": frozenset({"chest"}), "Dip": frozenset({"triceps"}), "Press": frozenset({"shoulders"}),
+    "Goblet Squat": frozenset({"quadriceps"}), "Row": frozenset({"lats"}), "Plank": frozenset({"abdominals"}),
+    "Quad Stretch": frozenset({"quadriceps"}), "Chest Stretch": frozenset({"chest"}),
+    "Lat Stretch": frozenset({"lats"}),
+}  # fmt: skip
+
+
+def _p_rules(supply: dict[str, int] | None) -> PlanRules:
+    push, lower, pull = frozenset({"push"}), frozenset({"lower body"}), frozenset({"pull"})
+    regions = {
+        "Push-Up": push,
+        "Dip": push,
+        "Press": push,
+        "Goblet Squat": lower,
+        "Row": pull,
+        "Plank": frozenset(),
+    }
+    day = DayRules(
+        day="full_body",
+        regions=regions,
+        trainable=frozenset({"push", "pull", "lower body"}),
+        focus_names=frozenset(),
+        focus_applies=False,
+        prescriptions={n: (HOLD if n == "Plank" else REPS) for n in regions},
+        muscles=P_MUSCLES,
+        supply=supply,
+    )
+    return PlanRules(
+        goal="strength", focus=None, lo_s=3240.0, hi_s=3960.0, warm_s=(300.0, 420.0), cool_s=(180.0, 300.0),
+        days=(day,),
+    )  # fmt: skip
+
+
+def _p_banned(guard: SessionNameGuard, text: str, allowed: list[str]) -> set[str]:
+    return {P_VOCAB[i] for i in guard.banned(text, lambda: [PT[a] for a in allowed])}
+
+
+@pytest.mark.unit
+def test_a_third_push_waits_for_pull_and_lower_body_work() -> None:
+    """Eight slots (balance is no debt yet), two pushes written: a third would be 3 to an untrained
+    region's 1 — refused while the person has pulls and squats; free without the proportion rule."""
+    text = _session(8, "Push-Up", "Dip")
+    every = ["Press", "Gob", "Plank", "Row"]
+    guard = SessionNameGuard(P_NAMES, P_VOCAB, rules=_p_rules({"push": 3, "pull": 1, "lower body": 1}))
+    assert _p_banned(guard, text, every) == {"Press"}
+    assert guard.rule_bans == 1
+    free = SessionNameGuard(P_NAMES, P_VOCAB, rules=_p_rules(None))
+    assert _p_banned(free, text, every) == set()
+    # One push written: a second is fine (2 to 1).
+    assert _p_banned(guard, _session(8, "Push-Up"), ["Dip", "Press", "Gob", "Row"]) == set()
+    # When the grammar allows only another push, the layer steps aside (counted).
+    assert _p_banned(guard, text, ["Press"]) == set()
+    assert guard.rule_fallbacks == 1
+
+
+def _cooldown_text(main: list[str], cool: list[str]) -> str:
+    items = ",".join(f'{{"name":"{n}","sets":3,"rest_s":90,"reps":10}}' for n in main)
+    done = "".join(f'{{"name":"{n}","sets":2,"work_s":30}},' for n in cool)
+    return (
+        HEAD
+        + '{"day":"full_body","main_count":2,"warmup":[{"name":"Jog In Place","work_s":240}],"main":['
+        + items
+        + '],"cooldown":['
+        + done
+        + '{"name":"'
+    )
+
+
+@pytest.mark.unit
+def test_the_cool_down_stretches_what_the_main_work_trained() -> None:
+    guard = SessionNameGuard(P_NAMES, P_VOCAB, rules=_p_rules(None))
+    stretches = ["Quad", "Chest", "Lat"]
+    # Squat and push-up trained quads and chest: the first stretch is one of theirs.
+    assert _p_banned(guard, _cooldown_text(["Goblet Squat", "Push-Up"], []), stretches) == {"Lat"}
+    # One on target of two: half is met, the second stretch is free (beside the repeat).
+    assert _p_banned(guard, _cooldown_text(["Goblet Squat", "Push-Up"], ["Quad Stretch"]), stretches) == {
+        "Quad"
+    }
+    # Nothing on target for a plank-only session: no narrowing.
+    assert _p_banned(guard, _cooldown_text(["Plank"], []), stretches) == set()
+    # Without rules only repeats are refused.
+    plain = SessionNameGuard(P_NAMES, P_VOCAB)
+    assert _p_banned(plain, _cooldown_text(["Goblet Squat", "Push-Up"], []), stretches) == set()
+
+
 @pytest.mark.integration
 def test_a_random_models_served_plans_keep_balance_and_focus_under_the_rules(
     tiny_model_dir: Path, shipped_catalogue: ExerciseCatalogue

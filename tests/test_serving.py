@@ -171,7 +171,9 @@ def test_constrained_plan_is_schema_valid_and_request_aware(http: httpx.Client, 
         failed = {c for c, ok in out.adherence.checks.items() if not ok}
         # the model's choices may leave no in-range fit (then the declared mean is off too); balance
         # and title are the model's alone (a random tiny model here)
-        assert failed <= {"duration", "blocks", "focus", "declared", "balance", "title"}, out.reasons
+        assert failed <= {"duration", "blocks", "focus", "declared", "balance", "title", "cooldown"}, (
+            out.reasons
+        )
         assert "declared" not in failed or "duration" in failed, out.reasons
         for s_model, s_done in zip(plan.sessions, finished.plan.sessions, strict=True):
             assert {e.name for e in s_done.all_exercises()} <= {e.name for e in s_model.all_exercises()}

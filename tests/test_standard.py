@@ -19,7 +19,15 @@ from pumpl_assets.core.exercises import ExerciseCatalogue
 from pumpl_assets.core.gates import eval_gates
 from pumpl_assets.core.grammar import request_plan_schema
 from pumpl_assets.core.schemas import RepsExercise, RequestSpec, TimedExercise, WorkoutPlanResponse, dump_plan
-from pumpl_assets.core.standard import FOCUS_MUSCLES, focus_needed, focus_possible, prescription_for
+from pumpl_assets.core.standard import (
+    FOCUS_MUSCLES,
+    focus_needed,
+    focus_possible,
+    out_of_proportion,
+    prescription_for,
+    proportion_allows,
+    proportion_applies,
+)
 from pumpl_assets.core.teachers.offline import PlanningError, plan_for_request
 from pumpl_assets.core.validate import reason_key, validate_example
 
@@ -488,3 +496,56 @@ def test_served_block_sizes_leave_the_count_to_the_model(catalogue: ExerciseCata
             for sess in request_plan_schema(req, catalogue)["properties"]["sessions"]["prefixItems"]:
                 main = sess["properties"]["main"]
                 assert main["maxItems"] - main["minItems"] >= 2, (goal, d, main["minItems"], main["maxItems"])
+
+
+@pytest.mark.parametrize(
+    ("counts", "supply", "lopsided"),
+    [
+        ({"push": 5, "pull": 1}, {"push": 9, "pull": 4}, [("push", "pull")]),
+        ({"push": 4, "pull": 2}, {"push": 9, "pull": 4}, []),  # exactly 2x: fine
+        ({"push": 5, "pull": 1}, {"push": 9, "pull": 1}, []),  # the only pull the person has: nothing owed
+        ({"push": 5, "pull": 0}, {"push": 9, "pull": 4}, []),  # untrained: balance's business, not this
+        ({"lower body": 1, "push": 3, "pull": 1}, {"lower body": 5, "push": 5, "pull": 5},
+         [("push", "lower body"), ("push", "pull")]),
+    ],
+)  # fmt: skip
+def test_out_of_proportion(
+    counts: dict[str, int], supply: dict[str, int], lopsided: list[tuple[str, str]]
+) -> None:
+    assert out_of_proportion(counts, supply) == lopsided
+
+
+def test_proportion_allows_is_an_increment_rule_stricter_than_the_check() -> None:
+    supply = {"lower body": 5, "push": 5, "pull": 5}
+    empty = dict.fromkeys(supply, 0)
+    assert proportion_allows(empty, frozenset({"push"}), supply)
+    # An untrained region counts as 1: a third push before any pull or lower-body exercise is refused.
+    assert proportion_allows({"lower body": 0, "push": 1, "pull": 0}, frozenset({"push"}), supply)
+    assert not proportion_allows({"lower body": 0, "push": 2, "pull": 0}, frozenset({"push"}), supply)
+    # ... unless the person has nothing more for them.
+    assert proportion_allows({"lower body": 0, "push": 2, "pull": 0}, frozenset({"push"}), {"push": 5})
+    assert proportion_allows(
+        {"lower body": 1, "push": 2, "pull": 1}, frozenset({"lower body", "pull"}), supply
+    )
+    # Following the rule from an empty session never leaves it out of proportion.
+    counts = dict(empty)
+    for regions in ({"push"}, {"push"}, {"pull"}, {"push"}, {"push"}, {"lower body"}, {"push"}):
+        if proportion_allows(counts, frozenset(regions), supply):
+            for r in regions:
+                counts[r] += 1
+        assert out_of_proportion(counts, supply) == []
+
+
+@pytest.mark.parametrize(
+    ("goal", "day", "focus", "applies"),
+    [
+        ("strength", "full_body", None, True),
+        ("hypertrophy", "upper", None, True),
+        ("strength", "push", None, False),  # one region
+        ("fat_loss", "full_body", None, False),  # not a resistance goal
+        ("strength", "full_body", "glutes", False),  # a focus day may lean
+        ("strength", "upper", "glutes", True),  # ... but not toward a focus the day cannot train
+    ],
+)
+def test_proportion_applies(goal: str, day: str, focus: str | None, applies: bool) -> None:
+    assert proportion_applies(goal, day, focus) is applies

@@ -23,6 +23,7 @@ from pumpl_assets.core.validate import (
     ValidationOutcome,
     adherence,
     available_regions,
+    cooldown_needed,
     reason_key,
     title_split_words,
     validate_example,
@@ -129,7 +130,8 @@ def test_reason_keys_cover_every_check() -> None:
     assert set(REASON_KEYS) == {"request", "json", "schema", *DOMAIN_CHECKS}
     assert set(DOMAIN_CHECKS) == {
         "catalogue", "equipment", "level", "safety", "blocks", "goal_fidelity",
-        "duration", "split", "focus", "order", "balance", "duplicates", "declared", "title",
+        "duration", "split", "focus", "order", "balance", "duplicates", "declared", "title", "cooldown",
+        "proportion",
     }  # fmt: skip
 
 
@@ -182,7 +184,9 @@ def test_catalogue(catalogue: ExerciseCatalogue, good: dict[str, Any]) -> None:
     assert "'Quantum Flux Squat'" in out.reasons[0]
     # An unknown exercise trains nothing the validator can see: the region it replaced is uncovered.
     lost = regions_of("full_body", catalogue.get(replaced).primary_muscles)  # type: ignore[union-attr]
-    assert keys(out) == ({"catalogue", "balance"} if lost else {"catalogue"})
+    # ... and a cool-down aimed at its muscles may now stretch muscles nothing trained.
+    assert "catalogue" in keys(out) and keys(out) <= {"catalogue", "balance", "cooldown"}
+    assert ("balance" in keys(out)) == bool(lost)
     assert out.adherence is not None and not out.adherence.checks["catalogue"] and not out.adherence.ok
 
 
@@ -570,6 +574,7 @@ def test_balance_and_title_fail_the_served_champions_beginner_strength_plan(
     fixed["title"] = "Foundation Dumbbell Strength"
     main = fixed["sessions"][0]["main"]
     main[2]["name"], main[3]["name"] = "Dumbbell Goblet Squat", "Bodyweight Hip Thrust"
+    fixed["sessions"][0]["cooldown"][2]["name"] = "Standing Quad Stretch"  # stretch what now trains
     assert check(fixed, catalogue, CHAMPION_REQUEST).ok, check(fixed, catalogue, CHAMPION_REQUEST).reasons
 
 
@@ -642,3 +647,85 @@ def test_balance_needed(goal: str, day: str, n_main: int, focus: str | None, nee
 )  # fmt: skip
 def test_title_names_no_other_split(title: str, split: str, bad: list[str]) -> None:
     assert title_split_words(title, split) == bad
+
+
+# The 2026-12-02 champion's served answer to "Create a 30-minute HIIT workout" (docs/sample-plans-2026-12-02.json):
+# a leg-heavy circuit, then chest and triceps stretches.
+HIIT_REQUEST = RequestSpec(
+    goal="fat_loss", minutes=30, level="beginner", equipment=["body only"], days_per_week=3, limitations=[]
+)
+HIIT_PLAN: dict[str, Any] = {
+    "total_minutes": 33, "days_per_week": 3, "split": "full_body", "title": "Foundation Bodyweight HIIT Burn",
+    "sessions": [{
+        "day": "full_body", "main_count": 10,
+        "warmup": [{"name": "Step Jacks", "sets": 1, "rest_s": 0, "work_s": 120},
+                   {"name": "Lateral Shuffle", "sets": 1, "rest_s": 0, "work_s": 120}],
+        "main": [{"name": n, "sets": 2, "rest_s": 30, "work_s": 30} for n in (
+            "Bodyweight Single-Leg Romanian Deadlift", "Bodyweight Hip Thrust", "Shadow Boxing", "Fast Feet",
+            "Jog in Place", "Lateral Lunge", "Lying Leg Raise", "Jumping Jacks", "Marching in Place", "Step-Up")],
+        "cooldown": [{"name": "Doorway Chest Stretch", "sets": 2, "rest_s": 0, "work_s": 30},
+                     {"name": "Overhead Triceps Stretch", "sets": 2, "rest_s": 0, "work_s": 30}],
+    }],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stretches", "ok"),
+    [
+        (["Doorway Chest Stretch", "Overhead Triceps Stretch"], False),  # the champion's: upper body only
+        (["Neck Side Stretch", "Wrist Flexor Stretch"], False),
+        (["Standing Quad Stretch", "Doorway Chest Stretch"], True),  # one general stretch beside is fine
+        (["Figure-Four Stretch", "Standing Hamstring Stretch"], True),  # glutes, hamstrings: trained
+    ],
+)
+def test_cooldown_stretches_the_muscles_the_session_trained(
+    catalogue: ExerciseCatalogue, stretches: list[str], ok: bool
+) -> None:
+    plan = copy.deepcopy(HIIT_PLAN)
+    for item, name in zip(plan["sessions"][0]["cooldown"], stretches, strict=True):
+        assert catalogue.get(name) is not None and catalogue.get(name).cooldown_ok, name  # type: ignore[union-attr]
+        item["name"] = name
+    out = check(plan, catalogue, HIIT_REQUEST)
+    if ok:
+        assert out.ok, out.reasons
+    else:
+        assert keys(out) == {"cooldown"}, out.reasons
+        assert "needs 1" in out.reasons[0] and repr(stretches[0]) in out.reasons[0]
+
+
+def test_cooldown_needs_half_or_what_the_person_has(catalogue: ExerciseCatalogue) -> None:
+    stretches = [e for e in catalogue if e.cooldown_ok]
+    quad = [e for e in stretches if "quadriceps" in e.primary_muscles]
+    assert quad, "the shipped catalogue has quadriceps stretches"
+    assert cooldown_needed(3, {"quadriceps"}, quad) == min(2, len(quad))
+    assert cooldown_needed(2, {"quadriceps"}, quad) == 1
+    assert cooldown_needed(3, {"quadriceps"}, quad[:1]) == 1  # one stretch for the muscle: that one
+    assert cooldown_needed(3, {"neck"}, quad) == 0  # nothing for the trained muscle: no demand
+    assert cooldown_needed(0, {"quadriceps"}, quad) == 0
+
+
+# ------------------------------------------------------------------------------ proportion
+def _lopsided_champion() -> dict[str, Any]:
+    """The fixed champion plan above with its row swapped for a Push-Up: five pushing exercises to one
+    pulling (the curl) in a full-body strength day."""
+    plan = copy.deepcopy(CHAMPION_PLAN)
+    plan["title"] = "Foundation Dumbbell Strength"
+    main = plan["sessions"][0]["main"]
+    main[2]["name"], main[3]["name"] = "Dumbbell Goblet Squat", "Bodyweight Hip Thrust"
+    plan["sessions"][0]["cooldown"][2]["name"] = "Standing Quad Stretch"
+    assert main[1]["name"] == "Dumbbell Bent-Over Row"
+    main[1]["name"] = "Push-Up"
+    return plan
+
+
+def test_proportion_fails_five_presses_to_one_pull(catalogue: ExerciseCatalogue) -> None:
+    out = check(_lopsided_champion(), catalogue, CHAMPION_REQUEST)
+    assert keys(out) == {"proportion"}, out.reasons
+    assert "5 push exercise(s) to 1 pull" in out.reasons[0], out.reasons
+    # A requested upper-body focus may lean on purpose: focus days are exempt.
+    focused = CHAMPION_REQUEST.model_copy(update={"focus": "upper_body"})
+    assert "proportion" not in keys(check(_lopsided_champion(), catalogue, focused))
+    # With the row back: four pushes to two pulls (row, curl) pass.
+    plan = _lopsided_champion()
+    plan["sessions"][0]["main"][1]["name"] = "Dumbbell Bent-Over Row"
+    assert check(plan, catalogue, CHAMPION_REQUEST).ok

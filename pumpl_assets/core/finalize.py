@@ -51,11 +51,14 @@ from pumpl_assets.core.standard import (
     cooldown_minutes,
     focus_needed,
     order_rank,
+    out_of_proportion,
     prescription_for,
+    proportion_applies,
+    region_counts,
     regions_of,
     warmup_minutes,
 )
-from pumpl_assets.core.validate import available_regions
+from pumpl_assets.core.validate import available_regions, cooldown_needed, region_supply, stretches_for
 
 # Settled by this step whatever the model wrote: the order rule and the declared figures. Length and
 # the warm-up/cool-down size are fitted when the model's choices allow it (scored, not guaranteed).
@@ -238,27 +241,48 @@ def _fit_main(
 
 
 def _drop_index(request: RequestSpec, session: WorkoutDay, catalogue: ExerciseCatalogue) -> int:
-    """The last main exercise whose loss keeps the focus share and the day's balance regions the
-    session still meets (else simply the last one)."""
+    """The last main exercise whose loss keeps what the session still meets of the focus share, the
+    day's balance regions, proportion between them and a cool-down on the trained muscles (else the
+    one that loses the fewest of them)."""
     muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
     trained = [c.primary_muscles if (c := catalogue.get(e.name)) is not None else () for e in session.main]
     trainable = available_regions(request, session.day, catalogue)
+    supply = region_supply(request, session.day, catalogue)
+    keep_proportion = proportion_applies(request.goal, session.day, request.focus)
+    stretches = stretches_for(request, catalogue)
+    stretched = [
+        c.primary_muscles if (c := catalogue.get(e.name)) is not None else () for e in session.cooldown
+    ]
 
-    def meets(keep: list[int]) -> tuple[bool, bool]:
+    def meets(keep: list[int]) -> tuple[bool, ...]:
         n_focus = sum(1 for i in keep if set(trained[i]) & muscles)
         covered: set[str] = set()
         for i in keep:
             covered |= regions_of(session.day, trained[i])
         need = balance_needed(request.goal, session.day, len(keep), trainable, request.focus)
-        return (not muscles or n_focus >= focus_needed(len(keep))), len(covered & trainable) >= need
+        counts = region_counts(session.day, [trained[i] for i in keep])
+        worked = {m for i in keep for m in trained[i]}
+        on_target = sum(1 for m in stretched if set(m) & worked)
+        return (
+            not muscles or n_focus >= focus_needed(len(keep)),
+            len(covered & trainable) >= need,
+            not keep_proportion or not out_of_proportion(counts, supply),
+            on_target >= cooldown_needed(len(stretched), worked, stretches),
+        )
 
     everything = list(range(len(session.main)))
     had = meets(everything)
+    # When every drop costs something, the one that loses the fewest of what the session meets (the
+    # latest of those), not simply the last exercise, which may cost several at once.
+    best, best_lost = len(session.main) - 1, len(had) + 1
     for i in range(len(session.main) - 1, -1, -1):
         after = meets([j for j in everything if j != i])
-        if all(a or not h for a, h in zip(after, had, strict=True)):
+        lost = sum(1 for a, h in zip(after, had, strict=True) if h and not a)
+        if lost == 0:
             return i
-    return len(session.main) - 1
+        if lost < best_lost:
+            best, best_lost = i, lost
+    return best
 
 
 def finalize_plan(request: RequestSpec, plan: WorkoutPlanResponse, catalogue: ExerciseCatalogue) -> Finalized:

@@ -71,11 +71,12 @@ from pumpl_assets.core.standard import (
     cooldown_minutes,
     fits_day,
     focus_possible,
+    proportion_applies,
     regions_of,
     split_for,
     warmup_minutes,
 )
-from pumpl_assets.core.validate import available_regions
+from pumpl_assets.core.validate import available_regions, region_supply, stretches_for
 
 # Checks the served decoding makes impossible to fail (the report marks them "guaranteed"): the grammar's
 # six, and no repeat within a session (name_guard, on the engines that evaluation and CPU serving use).
@@ -335,17 +336,19 @@ def _day_pool(
 
 
 def request_plan_rules(request: RequestSpec | None, catalogue: ExerciseCatalogue | None) -> PlanRules | None:
-    """The balance / focus / length rules the decode guard keeps for ``request`` (None without a
+    """The balance / focus / proportion / length / cool-down rules the decode guard keeps for ``request`` (None without a
     request or catalogue: the guard then only refuses repeats). Same pools as the served schema."""
     if request is None or catalogue is None:
         return None
     roles = STANDARD[request.goal][request.level]
     suitable = catalogue.suitable(request.level, request.equipment, request.limitations)
     focus_muscles = FOCUS_MUSCLES[request.focus] if request.focus else frozenset()
+    stretches = stretches_for(request, catalogue)
     days: list[DayRules] = []
     for day in SPLIT_DAYS[split_for(request.goal, request.days_per_week)]:
         pool = _day_pool(day, suitable, roles)
         trainable = available_regions(request, day, catalogue)
+        keep_proportion = proportion_applies(request.goal, day, request.focus)
         days.append(
             DayRules(
                 day=day,
@@ -354,6 +357,8 @@ def request_plan_rules(request: RequestSpec | None, catalogue: ExerciseCatalogue
                 focus_names=frozenset(e.name for e in pool if set(e.primary_muscles) & focus_muscles),
                 focus_applies=bool(request.focus) and focus_possible(day, request.focus or ""),
                 prescriptions={e.name: roles[e.role] for e in pool},
+                muscles={e.name: frozenset(e.primary_muscles) for e in (*pool, *stretches)},
+                supply=region_supply(request, day, catalogue) if keep_proportion else None,
             )
         )
     target = 60.0 * request.minutes

@@ -13,13 +13,18 @@ plan keeps the repeat (counted in ``fallbacks``): ``duplicates`` is guaranteed i
 then, and the evaluation still scores it on every served plan.
 
 Given the request's :class:`PlanRules` (built by :func:`grammar.request_plan_rules`), the guard also keeps
-three rules of the standard reachable that a grammar cannot state, because each depends on what the
+five rules of the standard reachable that a grammar cannot state, because each depends on what the
 session already holds:
 
 * **balance** [ACSM09, NSCA16]: a resistance session covers its day's regions (full body: lower body,
   push, pull; upper: push, pull; lower: knee- and hip-dominant), as ``validate``'s ``balance`` check
   counts them (:func:`standard.balance_needed`);
 * **focus**: a requested focus gets ≥ 40% of the main work (:func:`standard.focus_needed`);
+* **proportion** [NSCA16, ACSM11]: no region of a resistance day gets more than twice the exercises of
+  another it trains while the person has more for that one (:func:`standard.proportion_allows`, the
+  increment rule the offline coach follows; ``validate``'s ``proportion`` check);
+* **cool-down** [ACSM-FLEX]: at least half of the stretches work muscles the session's main work
+  trained, as far as the person's stretches allow (``validate``'s ``cooldown`` check);
 * **length**: the main list does not close while its exercises, even at the top of their ranges, leave
   the session short of the requested length −10% (what :mod:`finalize` can fit is all it may count on).
 
@@ -28,8 +33,9 @@ Balance and focus are debts: the session's size is the model's ``main_count`` (a
 — more would be dropped by :mod:`finalize`); while the slots left can still pay every debt, the model chooses freely; when they can
 only just pay, a name must pay one (the narrowest layer), and the main list does not close while a
 debt remains that one more exercise can pay and fit. Each layer steps aside when it would leave the
-grammar nothing (counted in ``rule_fallbacks``); then the next wider set applies (unused names, then
-the grammar's). Which exercises, how many, their prescriptions and their order stay the model's; the
+grammar nothing (counted in ``rule_fallbacks``); then the next wider set applies (names in
+proportion among those that pay, then those that pay, then unused names, then the grammar's). The
+cool-down layer narrows a stretch to the trained muscles' while fewer than half would work them. Which exercises, how many, their prescriptions and their order stay the model's; the
 evaluation scores ``balance``, ``focus`` and ``duration`` on every plan (they are not guaranteed).
 """
 
@@ -43,13 +49,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pumpl_assets.core.schemas import SECONDS_PER_REP, TRANSITION_SECONDS
-from pumpl_assets.core.standard import WARMUP, Prescription, balance_needed, focus_needed
+from pumpl_assets.core.standard import (
+    WARMUP,
+    Prescription,
+    balance_needed,
+    focus_needed,
+    proportion_allows,
+    region_counts,
+)
 
 # The compact JSON the grammar writes (separators "," and ":"; no whitespace).
 # Checks the guard's rules keep reachable while the model writes (scored on every plan, not guaranteed:
 # a rule steps aside when it would leave the grammar nothing). ``duration`` is also helped (the length
 # rule) but the post-step fits it, so the report calls it "fitted".
-GUARDED_CHECKS: tuple[str, ...] = ("balance", "focus")
+GUARDED_CHECKS: tuple[str, ...] = ("balance", "focus", "proportion", "cooldown")
 
 _SESSION_START = '{"day":'
 _BLOCK_KEYS = {'"warmup":[': "warmup", '"main":[': "main", '"cooldown":[': "cooldown"}
@@ -71,6 +84,14 @@ class DayRules:
     focus_names: frozenset[str]
     focus_applies: bool
     prescriptions: Mapping[str, Prescription]
+    # Primary muscles of every main and cool-down name of the day (the cool-down layer's "trained").
+    muscles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Proportion between the day's regions (None: not applied): main exercises per region the person has.
+    supply: Mapping[str, int] | None = None
+
+    def stretches_on(self, trained: set[str], pool: Sequence[str]) -> list[str]:
+        """Names of ``pool`` whose primary muscles include a ``trained`` one."""
+        return [n for n in pool if self.muscles.get(n, frozenset()) & trained]
 
 
 @dataclass(frozen=True)
@@ -187,7 +208,7 @@ class SessionNameGuard:
     rule_bans: int = 0  # decisions a rule narrowed (a name's first token, or a close of the main list)
     rule_fallbacks: int = 0
     _sorted: list[dict[str, list[str]]] = field(default_factory=list)
-    _permitted: dict[tuple[int, str], list[str] | None] = field(default_factory=dict)
+    _permitted: dict[tuple[int, str], list[list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         per_session = self.names if isinstance(self.names, list) else [self.names]
@@ -243,8 +264,10 @@ class SessionNameGuard:
             return by_count
         return max(1, min(by_count, int(room // shortest)))
 
-    def _rule_names(self, session: int, seg: str, used: set[str]) -> list[str] | None:
-        """Sorted unused main names that keep the session's debts payable (None: no narrowing)."""
+    def _rule_names(self, session: int, seg: str, used: set[str]) -> list[list[str]]:
+        """Layers of sorted unused main names, narrowest first: those that keep the session in
+        proportion among those that keep its debts payable, then those that keep its debts payable
+        (a layer that narrows nothing is left out)."""
         assert self.rules is not None
         key = (session, seg)  # the session so far, up to the name being written
         if key in self._permitted:
@@ -257,13 +280,47 @@ class SessionNameGuard:
         size = len(written) + slots_left  # the debts of the session that can actually be written
         candidates = [n for n in self._pool(session, "main") if n not in used]
         after = {n: self.rules.debts(session, [*written, n], size) for n in candidates}
-        out: list[str] | None = None
+        layers: list[list[str]] = []
+        paying = candidates
         if after:
             limit = max(min(after.values()), slots_left - 1)
-            keep = [n for n in candidates if after[n] <= limit]
-            out = keep if len(keep) < len(candidates) else None
-        self._permitted[key] = out
-        return out
+            paying = [n for n in candidates if after[n] <= limit]
+        day = self.rules.days[min(session, len(self.rules.days) - 1)]
+        if day.supply is not None:
+            counts = region_counts(day.day, [tuple(day.muscles.get(n, ())) for n in written])
+            in_proportion = [
+                n for n in paying if proportion_allows(counts, day.regions.get(n, frozenset()), day.supply)
+            ]
+            if len(in_proportion) < len(paying):
+                layers.append(in_proportion)
+        if len(paying) < len(candidates):
+            layers.append(paying)
+        self._permitted[key] = layers
+        return layers
+
+    def _cool_names(self, session: int, seg: str, used: set[str]) -> list[list[str]]:
+        """The cool-down layer: only unused stretches of the muscles the session's main work trained
+        while fewer than half of the stretches (this one included) would work them — as far as the
+        person's stretches allow ([ACSM-FLEX]; ``validate``'s ``cooldown`` check)."""
+        assert self.rules is not None
+        key = (session, seg)
+        if key in self._permitted:
+            return self._permitted[key]
+        day = self.rules.days[min(session, len(self.rules.days) - 1)]
+        main_at, cool_at = seg.rfind(_MAIN_OPEN), seg.rfind(_COOLDOWN_OPEN)
+        layers: list[list[str]] = []
+        if 0 <= main_at < cool_at:
+            main = _DONE_NAME.findall(seg[main_at:cool_at])
+            cool = _DONE_NAME.findall(seg[cool_at:])
+            trained = {m for n in main for m in day.muscles.get(n, frozenset())}
+            pool = self._pool(session, "cooldown")
+            on_target = day.stretches_on(trained, pool)
+            written_on = sum(1 for n in cool if n in on_target)
+            # after this stretch there are len(cool) + 1: at least half must be on target
+            if written_on < min((len(cool) + 2) // 2, len(on_target)):
+                layers.append([n for n in on_target if n not in used])
+        self._permitted[key] = layers
+        return layers
 
     def _ban_outside(
         self, allowed: Sequence[int], partial: str, names: list[str], taken: set[str]
@@ -348,14 +405,14 @@ class SessionNameGuard:
         session, block, partial, used, seg = state
         layers: list[list[str]] = []
         if self.rules is not None and block == "main":
-            narrowed = self._rule_names(session, seg, used)
-            if narrowed is not None:
-                layers.append(narrowed)
+            layers = self._rule_names(session, seg, used)
+        elif self.rules is not None and block == "cooldown":
+            layers = self._cool_names(session, seg, used)
         if not layers and not used:
             return []
         allowed = allowed_fn()
-        if layers:
-            out = self._ban_outside(allowed, partial, layers[0], set())
+        for layer in layers:  # narrowest first; a layer that leaves nothing steps aside
+            out = self._ban_outside(allowed, partial, layer, set())
             if len(out) < len(allowed):
                 if out and not partial:
                     self.rule_bans += 1

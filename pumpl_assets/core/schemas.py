@@ -297,10 +297,9 @@ class TrainingConfig(_Strict):
     # bf16 matmuls several times faster; the optimizer state stays fp32).
     autocast_bf16: bool = False
     # Plain loop, packed rows: attend per packed example (core/training/packed_attention.py; the same
-    # result as the block-diagonal mask, 1.3x faster steps on the 2-core box). Off by default until
-    # the graph passes with it: the one full run that used it (2026-12-01) retrained a model whose
-    # AWQ copy lost 25 points of schema validity (the gate allows 10), where the stock path's model
-    # lost 5 — bf16 rounding differs, so it is a different model; see README "Latest".
+    # result as the block-diagonal mask, 1.3x faster steps on the 2-core box). Off by default (a new
+    # recipe opts in once its graph passed with it: bf16 rounding differs, so it trains a different
+    # model); the smollm2-135m recipe uses it since 2026-12-03 (core/catalogue.py, README "Latest").
     packed_attention: bool = False
     load_in_4bit: bool = False
     # peft backend only: its plain loop (default; packed, answer-only LM head, 1.5x SFTTrainer's defaults

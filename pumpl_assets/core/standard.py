@@ -41,6 +41,7 @@ reps — except in fat-loss interval circuits, where every exercise is a timed i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -290,6 +291,61 @@ def balance_needed(
     return min(len(available), slots)
 
 
+# --------------------------------------------------------------------------------------------- proportion
+# [NSCA16] ch. 17: balance pushing with pulling and knee- with hip-dominant work; [ACSM11] agonist AND
+# antagonist groups. Covering each region once (balance) is not enough: a session of four presses and
+# one row trains both yet is lopsided. So no region of a resistance day holds more than this many
+# times the exercises of another region the session trains, while the person has more exercises for
+# the smaller region (a knee limitation may leave one knee-dominant exercise; then nothing is owed).
+PROPORTION_RATIO = 2
+
+
+def proportion_applies(goal: str, day: str, focus: str | None) -> bool:
+    """Resistance sessions of a day with several regions; a focus day may lean on purpose."""
+    if goal not in RESISTANCE_GOALS or len(BALANCE_REGIONS.get(day, {})) < 2:
+        return False
+    return not (focus and focus_possible(day, focus))
+
+
+def region_counts(
+    day: str, muscle_sets: list[tuple[str, ...]] | tuple[tuple[str, ...], ...]
+) -> dict[str, int]:
+    """How many of a session's main exercises (given by their primary muscles) cover each region."""
+    counts = dict.fromkeys(BALANCE_REGIONS.get(day, {}), 0)
+    for muscles in muscle_sets:
+        for r in regions_of(day, muscles):
+            counts[r] += 1
+    return counts
+
+
+def out_of_proportion(counts: Mapping[str, int], supply: Mapping[str, int]) -> list[tuple[str, str]]:
+    """(big, small) region pairs where ``big`` holds more than :data:`PROPORTION_RATIO` × the exercises
+    of a trained region ``small`` for which the person has more exercises than the session uses."""
+    return [
+        (big, small)
+        for big, n_big in counts.items()
+        for small, n_small in counts.items()
+        if big != small
+        and n_small >= 1
+        and n_big > PROPORTION_RATIO * n_small
+        and supply.get(small, 0) > n_small
+    ]
+
+
+def proportion_allows(counts: Mapping[str, int], regions: frozenset[str], supply: Mapping[str, int]) -> bool:
+    """May one more exercise covering ``regions`` join a session with these ``counts``? An increment
+    rule for writers (the coach, the decode guard), stricter than :func:`out_of_proportion`: a region
+    not yet trained counts as 1, so a session never needs to take an exercise back."""
+    for r in regions:
+        after = counts.get(r, 0) + 1
+        for small, n_small in counts.items():
+            if small in regions or supply.get(small, 0) <= n_small:
+                continue
+            if after > PROPORTION_RATIO * max(n_small, 1):
+                return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------- focus
 FOCUS_MUSCLES: dict[str, frozenset[str]] = {
     "core": CORE_MUSCLES | {"lower back"},
@@ -371,7 +427,8 @@ def describe_for_request(goal: str, level: str, minutes: int, days_per_week: int
         f"or work_s + rest_s) + {TRANSITION_SECONDS} s; fewer exercises rather than shorter rests.",
         f"- Warm-up: {w_lo:g}-{w_hi:g} min of light dynamic drills or easy cardio, one timed set each "
         f"({WARMUP.work_s[0]}-{WARMUP.work_s[1]} s). Cool-down: {c_lo:g}-{c_hi:g} min of static stretches "
-        f"({COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets of {COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s).",
+        f"({COOLDOWN.sets[0]}-{COOLDOWN.sets[1]} sets of {COOLDOWN.work_s[0]}-{COOLDOWN.work_s[1]} s), "
+        "at least half of them for muscles the session's main work trained.",
     ]
     for role, pres in STANDARD[goal][level].items():
         lines.append(f"- Main, {role} exercises: {pres.describe()}.")

@@ -27,6 +27,11 @@ Domain checks (reasons are ``"<check>: <detail>"``; ``<check>`` is one of :data:
   upper: push and pull; lower/legs: knee- and hip-dominant), as many as its exercise count and a focus
   allow, of those the person can train (:func:`standard.balance_needed`);
 * ``title``         — the title names no split other than the plan's (no "Upper/Lower" on a full-body week);
+* ``proportion``    — no region of a resistance session's day holds more than twice the exercises of
+  another region it trains while the person has more for that one (:func:`standard.out_of_proportion`;
+  [NSCA16], [ACSM11]; focus days exempt);
+* ``cooldown``      — most of a session's cool-down stretches (at least half) work muscles its main work
+  trained, as far as the person's stretches allow ([ACSM-FLEX]: stretch the muscles just worked);
 * ``duplicates``    — no exercise twice in one session;
 * ``declared``      — the declared ``total_minutes`` and ``days_per_week`` match the request, and each
   session's ``main_count`` (when written) matches its main list.
@@ -41,13 +46,14 @@ import itertools
 import json
 import weakref
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
 
-from pumpl_assets.core.exercises import ExerciseCatalogue, normalize_name
+from pumpl_assets.core.exercises import CatalogueExercise, ExerciseCatalogue, normalize_name
 from pumpl_assets.core.schemas import (
     DURATION_TOLERANCE,
     LEVELS,
@@ -63,6 +69,7 @@ from pumpl_assets.core.standard import (
     BALANCE_REGIONS,
     COOLDOWN,
     FOCUS_MUSCLES,
+    PROPORTION_RATIO,
     RESISTANCE_GOALS,
     SPLIT_DAYS,
     WARMUP,
@@ -72,7 +79,10 @@ from pumpl_assets.core.standard import (
     focus_needed,
     focus_possible,
     order_rank,
+    out_of_proportion,
     prescription_for,
+    proportion_applies,
+    region_counts,
     regions_of,
     split_for,
     warmup_minutes,
@@ -94,6 +104,8 @@ DOMAIN_CHECKS = (
     "duplicates",
     "declared",
     "title",
+    "cooldown",
+    "proportion",
 )
 DOMAIN_RULES = DOMAIN_CHECKS  # kept name: validate_rows counts reasons per check
 # Every key validate_rows counts (zero-filled, so metadata has a stable shape).
@@ -162,15 +174,15 @@ def title_split_words(title: str, split: str) -> list[str]:
 
 
 # Per catalogue object (weak: a dropped catalogue drops its entries), by request and day.
-_regions_cache: weakref.WeakKeyDictionary[ExerciseCatalogue, dict[tuple[Any, ...], frozenset[str]]] = (
+_supply_cache: weakref.WeakKeyDictionary[ExerciseCatalogue, dict[tuple[Any, ...], dict[str, int]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def available_regions(request: RequestSpec, day: str, catalogue: ExerciseCatalogue) -> frozenset[str]:
-    """The balance regions of ``day`` some main exercise the request allows can train (the pool the
+def region_supply(request: RequestSpec, day: str, catalogue: ExerciseCatalogue) -> dict[str, int]:
+    """How many main exercises the request allows cover each balance region of ``day`` (the pool the
     grammar and the teachers draw from: suitable, a role the goal uses, fits the day)."""
-    per_catalogue = _regions_cache.setdefault(catalogue, {})
+    per_catalogue = _supply_cache.setdefault(catalogue, {})
     key = (
         request.goal,
         request.level,
@@ -180,19 +192,44 @@ def available_regions(request: RequestSpec, day: str, catalogue: ExerciseCatalog
     )
     hit = per_catalogue.get(key)
     if hit is None:
-        hit = frozenset()
+        hit = dict.fromkeys(BALANCE_REGIONS.get(day, {}), 0)
         if day in BALANCE_REGIONS:
-            pool = catalogue.suitable(request.level, request.equipment, request.limitations)
-            hit = frozenset().union(
-                *(
-                    regions_of(day, e.primary_muscles)
-                    for e in pool
-                    if prescription_for(request.goal, request.level, e.role) is not None
-                    and fits_day(day, e.primary_muscles, e.force)
-                )
-            )
+            for e in catalogue.suitable(request.level, request.equipment, request.limitations):
+                if prescription_for(request.goal, request.level, e.role) is not None and fits_day(
+                    day, e.primary_muscles, e.force
+                ):
+                    for r in regions_of(day, e.primary_muscles):
+                        hit[r] += 1
         per_catalogue[key] = hit
+    return dict(hit)
+
+
+def available_regions(request: RequestSpec, day: str, catalogue: ExerciseCatalogue) -> frozenset[str]:
+    """The balance regions of ``day`` some main exercise the request allows can train."""
+    return frozenset(r for r, n in region_supply(request, day, catalogue).items() if n > 0)
+
+
+_stretch_cache: weakref.WeakKeyDictionary[
+    ExerciseCatalogue, dict[tuple[Any, ...], tuple[CatalogueExercise, ...]]
+] = weakref.WeakKeyDictionary()
+
+
+def stretches_for(request: RequestSpec, catalogue: ExerciseCatalogue) -> tuple[CatalogueExercise, ...]:
+    """The cool-down stretches the request allows (level, equipment, limitations)."""
+    per_catalogue = _stretch_cache.setdefault(catalogue, {})
+    key = (request.level, tuple(sorted(request.equipment)), tuple(sorted(request.limitations)))
+    hit = per_catalogue.get(key)
+    if hit is None:
+        pool = catalogue.suitable(request.level, request.equipment, request.limitations)
+        hit = per_catalogue[key] = tuple(e for e in pool if e.cooldown_ok)
     return hit
+
+
+def cooldown_needed(n_cool: int, trained: set[str], stretches: Sequence[CatalogueExercise]) -> int:
+    """How many of a cool-down's ``n_cool`` stretches must work a trained muscle: at least half (one
+    general stretch beside them is fine), or every stretch the person has for those muscles when they
+    are fewer. [ACSM-FLEX]: static stretching of the muscles just worked, while they are warm."""
+    return min((n_cool + 1) // 2, sum(1 for e in stretches if set(e.primary_muscles) & trained))
 
 
 def _domain_reasons(
@@ -324,12 +361,36 @@ def _domain_reasons(
                 f"{tag} main covers {len(covered & trainable)} of {session.day}'s regions; needs {need} "
                 f"(missing {', '.join(missing)})"
             )
+        if proportion_applies(request.goal, session.day, request.focus):
+            counts = region_counts(
+                session.day, [c.primary_muscles for ex in session.main if (c := catalogue.get(ex.name))]
+            )
+            lopsided = out_of_proportion(counts, region_supply(request, session.day, catalogue))
+            if lopsided:
+                big, small = max(lopsided, key=lambda p: counts[p[0]] / counts[p[1]])  # the worst pair
+                found["proportion"].append(
+                    f"{tag} main has {counts[big]} {big} exercise(s) to {counts[small]} {small}; "
+                    f"at most {PROPORTION_RATIO}× (more {small} exercises are available)"
+                )
         if request.focus and focus_possible(session.day, request.focus) and main_ranks:
             need = focus_needed(len(session.main))
             if n_focus < need:
                 found["focus"].append(
                     f"{tag} has {n_focus} {request.focus} exercise(s) in its main work; needs ≥ {need}"
                 )
+        trained = {m for ex in session.main if (c := catalogue.get(ex.name)) for m in c.primary_muscles}
+        on_target = [
+            ex.name
+            for ex in session.cooldown
+            if (c := catalogue.get(ex.name)) is not None and set(c.primary_muscles) & trained
+        ]
+        need = cooldown_needed(len(session.cooldown), trained, stretches_for(request, catalogue))
+        if len(on_target) < need:
+            off = [ex.name for ex in session.cooldown if ex.name not in on_target]
+            found["cooldown"].append(
+                f"{tag} cool-down stretches {len(on_target)} of {len(session.cooldown)} on the muscles the "
+                f"main work trained; needs {need} ({', '.join(repr(n) for n in off)} stretch other muscles)"
+            )
         warm_min = sum(exercise_seconds(e) for e in session.warmup) / 60.0
         cool_min = sum(exercise_seconds(e) for e in session.cooldown) / 60.0
         w_lo, w_hi = warmup_minutes(request.minutes)

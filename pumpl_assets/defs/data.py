@@ -137,7 +137,7 @@ def raw(context: dg.AssetExecutionContext, config: RawConfig) -> dg.MaterializeR
     partitions_def=base_model_partitions,
     group_name=DATA,
     deps=["raw"],
-    code_version=code_version("distilled-2", DistillConfig().model_dump()),
+    code_version=code_version("distilled-3", DistillConfig().model_dump()),
     kinds={"anthropic"},
     check_specs=[
         gate_spec(
@@ -224,7 +224,7 @@ def distilled(
     partitions_def=base_model_partitions,
     group_name=DATA,
     deps=["raw", "distilled"],
-    code_version=code_version("validated-2", ValidateConfig().model_dump()),
+    code_version=code_version("validated-3", ValidateConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid_100", "validated", "Every accepted plan parses as WorkoutPlanResponse"),
         gate_spec(

@@ -198,7 +198,7 @@ def _md_value(value: Any, default: Any = None) -> Any:
     group_name=MODEL,
     deps=["merged_model", "split", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("eval-7", _GATES, _EVAL_DECODE, EvalConfig().model_dump()),
+    code_version=code_version("eval-8", _GATES, _EVAL_DECODE, EvalConfig().model_dump()),
     check_specs=[
         gate_spec("schema_valid", "eval_report", "Unconstrained schema-valid rate of the fine-tuned model"),
         gate_spec("served_adherence", "eval_report", "Served plans that pass every check of the standard"),
@@ -357,7 +357,7 @@ def _golden_prompts(partition: str, spec) -> list[str]:  # type: ignore[no-untyp
     group_name=MODEL,
     deps=["merged_model", "split", "eval_report", "raw"],
     pool=GPU_POOL,
-    code_version=code_version("awq-6", _GATES, QuantizeConfig().model_dump()),
+    code_version=code_version("awq-7", _GATES, QuantizeConfig().model_dump()),
     kinds={"awq"},
     check_specs=[
         gate_spec("size_ratio", "awq_model", "AWQ artifact ≤ 0.45× the merged model"),

@@ -16,7 +16,9 @@ Claude teacher is prompted with and validation scores against:
 * **Safe and suitable**: only :meth:`ExerciseCatalogue.suitable` exercises (level, equipment,
   movement-pattern contraindications); warm-ups are light dynamic drills and easy cardio, cool-downs
   static stretches of the muscles just trained; a requested focus gets ≥ 40% of the main work of
-  every session that can train it; no exercise twice in a session; variety across sessions.
+  every session that can train it; no region of a resistance day holds more than twice the exercises
+  of another it trains (:func:`standard.proportion_allows`); no exercise twice in a session; variety
+  across sessions.
 * **Seeded by the request** (sha256 of :meth:`RequestSpec.key`): the same request, the same plan.
 
 If the catalogue cannot serve a request to the standard (e.g. no stretch for a cool-down, or a
@@ -56,13 +58,16 @@ from pumpl_assets.core.standard import (
     focus_possible,
     order_rank,
     prescription_for,
+    proportion_allows,
+    proportion_applies,
+    region_counts,
     regions_of,
     split_for,
     warmup_minutes,
 )
 from pumpl_assets.core.teachers.base import TeacherResult
 
-OFFLINE_MODEL = "pumpl-offline-coach-v2"
+OFFLINE_MODEL = "pumpl-offline-coach-v3"  # v3: proportion between regions; stretches for trained muscles
 PLANNER_TOLERANCE = 0.08  # the planner's own bound, tighter than validation's ±10%
 
 NICE_REPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
@@ -218,9 +223,13 @@ def _edge_items(
     if first_cardio and cardio:
         out.append(cardio[rng.randrange(len(cardio))])
         taken.add(out[-1].name)
+    # Cool-down: stretch the muscles just trained ([ACSM-FLEX]); the target muscle rotates for variety,
+    # other stretches only when none for a trained muscle is left.
+    on_target = [e for e in pool if set(e.primary_muscles) & set(prefer_muscles)]
     for i in range(n - len(out)):
         target = prefer_muscles[i % len(prefer_muscles)] if prefer_muscles else None
-        pick = _pick(pool, rng, exclude=taken, avoid=set(), muscle=target)
+        left = [e for e in on_target if e.name not in taken]
+        pick = _pick(left or pool, rng, exclude=taken, avoid=set(), muscle=target)
         if pick is None:
             break
         out.append(pick)
@@ -280,6 +289,9 @@ def _session(
         - n_warm * (warm_work + TRANSITION_SECONDS)
         - n_cool * (cool_sets * cool_work + TRANSITION_SECONDS)
     )
+    # Proportion [NSCA16, ACSM11]: no region more than PROPORTION_RATIO x another the session trains.
+    keep_proportion = proportion_applies(request.goal, day, request.focus)
+    supply = region_counts(day, [e.primary_muscles for e in main_pool])
     prefer_eq: set[str] = {str(e) for e in request.equipment if e != "body only"}
     items: list[_Item] = []
     chosen: set[str] = set()
@@ -323,6 +335,30 @@ def _session(
                 if not same_role:
                     role = rng.choice(sorted({e.role for e in covering}))
                 pool = [e for e in covering if e.role == role]
+        if keep_proportion:
+            # This slot's pool, kept to the exercises that leave the session in proportion; else one
+            # of another role that does and fits; else the slot stays empty.
+            counts = region_counts(day, [it.ex.primary_muscles for it in items])
+
+            def in_proportion(e: CatalogueExercise, counts: dict[str, int] = counts) -> bool:
+                return e.name not in chosen and proportion_allows(
+                    counts, regions_of(day, e.primary_muscles), supply
+                )
+
+            kept = [e for e in pool if in_proportion(e)]
+            if not kept:
+                other = [
+                    e
+                    for e in main_pool
+                    if e.role != role
+                    and in_proportion(e)
+                    and doses[e.role].seconds() <= budget + 0.4 * doses[e.role].seconds()
+                ]
+                if not other:
+                    continue
+                role = rng.choice(sorted({e.role for e in other}))
+                kept = [e for e in other if e.role == role]
+            pool = kept
         dose = doses[role]
         if dose.seconds() > budget + 0.4 * dose.seconds():
             continue

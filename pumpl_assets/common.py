@@ -183,6 +183,12 @@ class TrainConfig(dg.Config):
     learning_rate: float | None = Field(default=None, gt=0)
     seed: int | None = None
     checkpoint_every: int | None = Field(default=None, ge=1, description="Optimizer steps per checkpoint")
+    decision_weight: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=20.0,
+        description="Loss weight of the plan's decision tokens (split, day, sets, reps, rest...); plain loop only",
+    )
     resume: bool = True
     launcher: Literal["subprocess", "ray"] = Field(
         default="subprocess",
@@ -202,6 +208,7 @@ class TrainConfig(dg.Config):
             "learning_rate": self.learning_rate,
             "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
+            "decision_weight": self.decision_weight,
         }
 
 

@@ -100,6 +100,50 @@ def test_labels_are_minus_100_exactly_on_prompt_tokens(tokenizer) -> None:  # ty
 
 
 @pytest.mark.unit
+def test_decision_weights_fall_on_the_values_a_request_decides(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    ex = _example(3)
+    plain = data.tokenize_example(tokenizer, ex, style="chat_template", system_prompt=None)
+    assert plain.weights is None
+    tok = data.tokenize_example(tokenizer, ex, style="chat_template", system_prompt=None, decision_weight=4.0)
+    assert tok.input_ids == plain.input_ids and tok.labels == plain.labels
+    assert tok.weights is not None and len(tok.weights) == len(tok.input_ids)
+    assert tok.weights[: tok.n_prompt] == [0.0] * tok.n_prompt
+    answer_ids = tok.input_ids[tok.n_prompt :]
+    answer_w = tok.weights[tok.n_prompt :]
+    assert set(answer_w) == {1.0, 4.0}
+    weighted = "".join(tokenizer.decode([i]) for i, w in zip(answer_ids, answer_w, strict=True) if w == 4.0)
+    plain_text = "".join(tokenizer.decode([i]) for i, w in zip(answer_ids, answer_w, strict=True) if w == 1.0)
+    # Every decision value is on weighted tokens (split, day, sets, reps, rest, seconds, minutes) ...
+    for value in ("full_body", "23", "13", "60", "45"):
+        assert value in weighted, (value, weighted)
+    # ... and the exercise names, the title and the JSON keys are not.
+    for text in ("Push-Up", "Jumping Jacks", "Plan number", "warmup", "rest_s"):
+        assert text in plain_text and text not in weighted, (text, weighted)
+    # A batch carries the weights beside the labels (0 on prompt and padding); the loss denominator
+    # is their sum over the answer.
+    other = data.tokenize_example(
+        tokenizer, _example(11), style="chat_template", system_prompt=None, decision_weight=4.0
+    )
+    for packing in (False, True):
+        batch = data.collate([tok, other], [[0], [1]], pad_id=tokenizer.pad_token_id, packing=packing)
+        assert batch["loss_weights"][0, : len(tok)].tolist() == tok.weights
+        assert batch["loss_weights"][1, len(other) :].abs().sum() == 0
+        assert ((batch["loss_weights"] > 0) == (batch["labels"] != data.IGNORE_INDEX)).all()
+    assert other.weights is not None
+    assert data.answer_weight([tok, other], [[0, 1]]) == sum(tok.weights) + sum(other.weights)
+    assert data.answer_weight([plain], [[0]]) == plain.n_answer
+    assert "loss_weights" not in data.collate([plain], [[0]], pad_id=0, packing=True)
+
+
+@pytest.mark.unit
+def test_decision_weighting_needs_the_plain_loop() -> None:
+    with pytest.raises(ValueError, match=r"decision_weight=3\.0 needs loop=.plain."):
+        TrainingConfig(loop="sft_trainer", decision_weight=3.0)
+    with pytest.raises(ValueError):
+        TrainingConfig(decision_weight=0.5)  # below 1 would weight the decisions down
+
+
+@pytest.mark.unit
 def test_system_prompt_override_and_example_own(tokenizer) -> None:  # type: ignore[no-untyped-def]
     ex = _example(1, system=None)
     own = data.tokenize_example(tokenizer, ex, style="chat_template", system_prompt=None)
@@ -275,6 +319,51 @@ def test_peft_loop_learns_and_writes_a_loadable_adapter(tiny_model_dir: Path, tm
     # Re-running a finished job resumes from its final checkpoint and trains nothing.
     again = run.train_lora(tiny_model_dir, cfg, [ex] * 4, [ex], tmp_path / "run", device="cpu")
     assert again.resumed_from_step == 8 and again.steps == 0
+
+
+@pytest.mark.integration
+def test_decision_weighting_moves_learning_onto_the_decisions(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The same data, seed and steps: with decision_weight the trained adapter's loss on the decision
+    tokens falls further than without it (and its plain validation loss is still reported)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base.patch_peft_torchao()
+    from peft import PeftModel
+
+    examples = [_example(i) for i in range(6)]
+    tok = _tok(tiny_model_dir)
+    probe = data.tokenize_example(
+        tok, examples[0], style="chat_template", system_prompt=None, decision_weight=2.0
+    )
+    assert probe.weights is not None
+    ids = torch.tensor([probe.input_ids])
+    targets = ids[0, 1:]
+    is_decision = torch.tensor(probe.weights[1:]) == 2.0
+    is_answer = torch.tensor(probe.labels[1:]) != data.IGNORE_INDEX
+
+    def decision_and_other_loss(adapter: Path) -> tuple[float, float]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        with torch.no_grad():
+            logits = PeftModel.from_pretrained(model, adapter)(input_ids=ids).logits[0, :-1]
+        ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        return float(ce[is_decision].mean()), float(ce[is_answer & ~is_decision].mean())
+
+    out = {}
+    for weight in (1.0, 8.0):
+        cfg = TrainingConfig(
+            backend="peft", rank=8, alpha=16, learning_rate=1e-2, max_steps=8, warmup_steps=0,
+            batch_size=2, seq_len=1024, decision_weight=weight,
+        )  # fmt: skip
+        result = run.train_lora(
+            tiny_model_dir, cfg, examples, examples[:2], tmp_path / str(weight), device="cpu"
+        )
+        assert result.steps == 8 and result.val_loss is not None
+        out[weight] = decision_and_other_loss(result.adapter_dir)
+    (dec_plain, other_plain), (dec_weighted, other_weighted) = out[1.0], out[8.0]
+    assert dec_weighted < dec_plain - 0.05, out
+    # what the decisions gained is not simply everything gained: the other tokens did not gain as much
+    assert dec_plain - dec_weighted > other_plain - other_weighted, out
 
 
 def _tok(path: Path):  # type: ignore[no-untyped-def]

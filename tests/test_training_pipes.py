@@ -81,6 +81,28 @@ def test_build_job_references_the_split_through_the_artifact_contract(tmp_path: 
 
 
 @pytest.mark.unit
+def test_run_config_decision_weight_reaches_the_recipe_or_names_the_conflict() -> None:
+    from pumpl_assets.common import TrainConfig
+    from pumpl_assets.core.catalogue import get_spec
+    from pumpl_assets.core.schemas import TrainingConfig
+
+    recipe = get_spec("smollm2-135m").recipe
+    assert recipe.decision_weight == 1.0
+    weighted = TrainingConfig.model_validate(
+        apply_overrides(recipe.model_dump(), TrainConfig(decision_weight=4.0).recipe_overrides())
+    )
+    assert weighted.decision_weight == 4.0 and weighted.max_steps == recipe.max_steps
+    with pytest.raises(ValueError, match="needs loop='plain'"):
+        TrainingConfig.model_validate(
+            apply_overrides(
+                recipe.model_dump(), TrainConfig(loop="sft_trainer", decision_weight=4.0).recipe_overrides()
+            )
+        )
+    with pytest.raises(Exception, match="decision_weight"):
+        TrainConfig(decision_weight=0.5)
+
+
+@pytest.mark.unit
 def test_launcher_settings_never_forward_secrets_and_fail_clearly() -> None:
     import dagster as dg
 

@@ -305,6 +305,20 @@ class TrainingConfig(_Strict):
     # peft backend only: its plain loop (default; packed, answer-only LM head, 1.5x SFTTrainer's defaults
     # here) or PEFT + TRL SFTTrainer (pumpl_assets/core/training/sft_loop.py).
     loop: Literal["plain", "sft_trainer"] = "plain"
+    # Plain loop: loss weight of the answer tokens that carry the plan's decisions (the values of split,
+    # day, main_count, sets, reps, rest_s, work_s, total_minutes, days_per_week; training/data.py), the
+    # mean taken over the weights. 1.0 = plain cross-entropy. Exercise names are the coach's free choice
+    # among suitable ones (high, irreducible loss); the decisions are few tokens a request determines.
+    decision_weight: float = Field(default=1.0, ge=1.0, le=20.0)
+
+    @model_validator(mode="after")
+    def _weighting_needs_the_plain_loop(self) -> TrainingConfig:
+        if self.decision_weight != 1.0 and self.loop != "plain":
+            raise ValueError(
+                f"decision_weight={self.decision_weight} needs loop='plain' (the {self.loop!r} loop computes "
+                "its own unweighted loss)"
+            )
+        return self
 
 
 class InferenceRequest(_Strict):

@@ -137,7 +137,7 @@ def raw(context: dg.AssetExecutionContext, config: RawConfig) -> dg.MaterializeR
     partitions_def=base_model_partitions,
     group_name=DATA,
     deps=["raw"],
-    code_version=code_version("distilled-3", DistillConfig().model_dump()),
+    code_version=code_version("distilled-4", DistillConfig().model_dump()),
     kinds={"anthropic"},
     check_specs=[
         gate_spec(

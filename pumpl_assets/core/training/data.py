@@ -9,6 +9,10 @@ Choices and assumptions:
   ids), so there is no BPE merge across the prompt/answer boundary and the loss mask is exact.
 * Loss only on the answer: labels are -100 on every prompt token, the answer's ids (and the
   end-of-turn token, so the model learns to stop) elsewhere.
+* Decision weighting (``TrainingConfig.decision_weight`` > 1): answer tokens that overlap the value
+  of a decision field (``DECISION_FIELDS``) get that weight, the rest 1, and the step's loss is the
+  weighted mean; character offsets from the (fast) tokenizer place the values. Validation loss
+  stays the plain mean, comparable across recipes and with the base model.
 * An example longer than ``seq_len`` is never truncated (a cut answer teaches the model not to
   finish); it is skipped, and returned with a reason so the caller can count/report it.
 * Packing (``cfg.packing``): whole examples are placed greedily (first fit, in shuffled order)
@@ -26,6 +30,7 @@ Choices and assumptions:
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,12 +43,29 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 
+# Plan fields whose values a request decides (schemas.WorkoutPlanResponse): the split for the days,
+# the session's size, and every prescription number.
+DECISION_FIELDS: tuple[str, ...] = (
+    "total_minutes",
+    "days_per_week",
+    "split",
+    "day",
+    "main_count",
+    "sets",
+    "reps",
+    "rest_s",
+    "work_s",
+)
+_DECISION_VALUE = re.compile(r'"(?:' + "|".join(DECISION_FIELDS) + r')"\s*:\s*("[^"]*"|-?[0-9.]+)')
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
     n_prompt: int
+    # Per-token loss weights (prompt tokens 0), or None for the plain mean.
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -74,18 +96,45 @@ def render_texts(
     return prompt, full[len(prompt) :]
 
 
+def decision_spans(answer: str) -> list[tuple[int, int]]:
+    """Character spans of the decision fields' values in an answer (JSON as the model writes it)."""
+    return [m.span(1) for m in _DECISION_VALUE.finditer(answer)]
+
+
+def answer_weights(tokenizer: Any, answer: str, n_ids: int, decision_weight: float) -> list[float]:
+    """``decision_weight`` for each answer token overlapping a decision value, else 1.0."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("decision_weight needs a fast tokenizer (character offsets); this one is not")
+    offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) != n_ids:
+        raise ValueError(f"offset mapping has {len(offsets)} entries for {n_ids} answer tokens")
+    spans = decision_spans(answer)
+    return [decision_weight if any(a < e and s < b for s, e in spans) else 1.0 for a, b in offsets]
+
+
 def tokenize_example(
-    tokenizer: Any, ex: TrainingExample, *, style: str, system_prompt: str | None
+    tokenizer: Any,
+    ex: TrainingExample,
+    *,
+    style: str,
+    system_prompt: str | None,
+    decision_weight: float = 1.0,
 ) -> TokenizedExample:
     prompt, answer = render_texts(tokenizer, ex, style=style, system_prompt=system_prompt)
     p_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     a_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     if not a_ids:
         raise ValueError("example has an empty answer")
+    weights = (
+        [0.0] * len(p_ids) + answer_weights(tokenizer, answer, len(a_ids), decision_weight)
+        if decision_weight != 1.0
+        else None
+    )
     return TokenizedExample(
         input_ids=p_ids + a_ids,
         labels=[IGNORE_INDEX] * len(p_ids) + a_ids,
         n_prompt=len(p_ids),
+        weights=weights,
     )
 
 
@@ -96,12 +145,15 @@ def tokenize_examples(
     style: str,
     system_prompt: str | None,
     seq_len: int,
+    decision_weight: float = 1.0,
 ) -> tuple[list[TokenizedExample], list[tuple[int, str]]]:
     """Tokenize all examples; returns (kept, skipped) where skipped is [(index, reason)]."""
     kept: list[TokenizedExample] = []
     skipped: list[tuple[int, str]] = []
     for i, ex in enumerate(examples):
-        tok = tokenize_example(tokenizer, ex, style=style, system_prompt=system_prompt)
+        tok = tokenize_example(
+            tokenizer, ex, style=style, system_prompt=system_prompt, decision_weight=decision_weight
+        )
         if len(tok) > seq_len:
             skipped.append((i, f"{len(tok)} tokens > seq_len {seq_len}"))
             continue
@@ -192,12 +244,17 @@ def batches_per_epoch(
 
 
 def collate(
-    examples: list[TokenizedExample], rows: list[list[int]], *, pad_id: int, packing: bool
+    examples: list[TokenizedExample],
+    rows: list[list[int]],
+    *,
+    pad_id: int,
+    packing: bool,
 ) -> dict[str, torch.Tensor]:
     """Tensors for one micro-batch.
 
     Packed: ``input_ids``, ``labels``, ``position_ids`` (restarting per example; no attention
-    mask). Unpacked: ``input_ids``, ``labels``, ``attention_mask`` (right padding).
+    mask). Unpacked: ``input_ids``, ``labels``, ``attention_mask`` (right padding). Weighted
+    examples add ``loss_weights`` (0 on prompt and padding), which is not a model input.
     """
     import torch
 
@@ -240,12 +297,24 @@ def collate(
         out["attention_mask"] = attention_mask
     out["input_ids"] = input_ids
     out["labels"] = labels
+    if any(examples[i].weights is not None for row in rows for i in row):
+        weights = torch.zeros((len(rows), width))
+        for r, row in enumerate(rows):
+            w = [x for i in row for x in _weights_of(examples[i])]
+            weights[r, : len(w)] = torch.tensor(w)
+        out["loss_weights"] = weights
     return out
+
+
+def _weights_of(ex: TokenizedExample) -> list[float]:
+    return ex.weights if ex.weights is not None else [0.0] * ex.n_prompt + [1.0] * ex.n_answer
+
+
+def answer_weight(examples: list[TokenizedExample], rows: list[list[int]]) -> float:
+    """The loss denominator of ``rows``: the sum of answer-token weights (the answer token count
+    when nothing is weighted)."""
+    return float(sum(sum(_weights_of(examples[i])) for row in rows for i in row))
 
 
 def real_tokens(examples: list[TokenizedExample], rows: list[list[int]]) -> int:
     return sum(len(examples[i]) for row in rows for i in row)
-
-
-def answer_tokens(examples: list[TokenizedExample], rows: list[list[int]]) -> int:
-    return sum(examples[i].n_answer for row in rows for i in row)

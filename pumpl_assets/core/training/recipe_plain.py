@@ -77,8 +77,9 @@ class PlainRecipe:
     def _trainable(self) -> list[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
-        """Sum of answer-token cross-entropy and the number of answer tokens in ``batch``."""
+    def _loss_sum(self, batch: dict[str, Any], *, weighted: bool = False) -> tuple[Any, int]:
+        """Sum of answer-token cross-entropy (each token times its ``loss_weights`` entry when
+        ``weighted`` and the batch has them) and the number of answer tokens in ``batch``."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
@@ -88,7 +89,7 @@ class PlainRecipe:
         causal_lm = self.model.get_base_model()
         decoder = getattr(causal_lm, "model", None)
         lm_head = getattr(causal_lm, "lm_head", None)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
         import contextlib
 
         import torch
@@ -105,6 +106,9 @@ class PlainRecipe:
                 logits = lm_head(hidden[keep]).float()
             else:  # unknown architecture layout: full logits
                 logits = self.model(**inputs, use_cache=False).logits[:, :-1][keep].float()
+        if weighted and "loss_weights" in batch:
+            per_token = F.cross_entropy(logits, shift_labels[keep], reduction="none")
+            return (per_token * batch["loss_weights"][:, 1:][keep]).sum(), n
         loss = F.cross_entropy(logits, shift_labels[keep], reduction="sum")
         return loss, n
 
@@ -169,7 +173,12 @@ class PlainRecipe:
         cfg, out_dir = self.cfg, self.out_dir
         t_start = time.perf_counter()
         tok_train, skipped = data.tokenize_examples(
-            self.tokenizer, train, style=self.style, system_prompt=self.system_prompt, seq_len=cfg.seq_len
+            self.tokenizer,
+            train,
+            style=self.style,
+            system_prompt=self.system_prompt,
+            seq_len=cfg.seq_len,
+            decision_weight=cfg.decision_weight,
         )
         tok_val, _ = data.tokenize_examples(
             self.tokenizer, val, style=self.style, system_prompt=self.system_prompt, seq_len=cfg.seq_len
@@ -225,15 +234,16 @@ class PlainRecipe:
         t_loop = time.perf_counter()
         for step in range(start_step, total):
             micro = [next(stream) for _ in range(cfg.grad_accum)]
-            n_answer = sum(data.answer_tokens(tok_train, rows) for rows in micro)
+            # The step's loss is the (weighted) mean over every answer token of its micro-batches.
+            denominator = sum(data.answer_weight(tok_train, rows) for rows in micro)
             step_loss = 0.0
             for rows in micro:
                 batch = {
                     k: v.to(self.device)
                     for k, v in data.collate(tok_train, rows, pad_id=pad_id, packing=packing).items()
                 }
-                loss_sum, _ = self._loss_sum(batch)
-                loss = loss_sum / max(1, n_answer)
+                loss_sum, _ = self._loss_sum(batch, weighted=True)
+                loss = loss_sum / max(1.0, denominator)
                 loss.backward()
                 step_loss += float(loss.detach())
                 n_tokens += data.real_tokens(tok_train, rows)

@@ -11,7 +11,12 @@ later runs when its marker names the same source; quantization time is not a mea
   baseline the merged model; goal = the catalogue gate ``max_awq_size_ratio``.
 * **decode tokens/s** — batch-1 greedy decode-only tokens/s, measured exactly like the decode
   benchmark (:func:`bench.bench_decode.decode_rate`), both engines loaded, runs alternating.
-* **schema-valid rate** — greedy, unconstrained answers to a few test prompts (one batch per
+* **batched decode tokens/s** — that same batch, full unconstrained plans (``awq_model``'s own
+  workload), through the AWQ engine (decompressed on load, plain ``nn.Linear`` forward:
+  :func:`pumpl_assets.core.generation.dense_compressed_tensors`) against the same folder as
+  ``from_pretrained`` leaves it (compressed-tensors' offload cache and per-Linear shim), with the
+  number of rows whose greedy tokens are identical.
+* **schema-valid rate** — greedy, unconstrained answers to test prompts (one batch per
   model) that :func:`pumpl_assets.core.schemas.parse_plan` accepts; goal = the gate
   ``max_awq_schema_drop``. With the base-model fallback both rates are expected to be ~0 (the
   base model was never taught the format), which the report says.
@@ -20,6 +25,8 @@ later runs when its marker names the same source; quantization time is not a mea
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from bench.common import (
 NAME = "quant"
 SIZES = {
     "quick": {"n_calibration": 4, "decode_tokens": 12, "n_valid_prompts": 2, "valid_max_new_tokens": 24},
-    "full": {"n_calibration": 8, "decode_tokens": 48, "n_valid_prompts": 6, "valid_max_new_tokens": 0},
+    "full": {"n_calibration": 8, "decode_tokens": 48, "n_valid_prompts": 24, "valid_max_new_tokens": 0},
 }  # valid_max_new_tokens 0 = the catalogue's eval_max_new_tokens
 
 
@@ -93,11 +100,23 @@ def quantize_base(ctx: Context) -> Path:
     return out
 
 
-def schema_valid_rate(engine: Any, prompts: list[str], max_new: int) -> tuple[float, list[str]]:
+@dataclass
+class BatchPass:
+    valid_rate: float
+    texts: list[str]
+    token_ids: list[list[int]]
+    tokens: int
+    seconds: float
+
+
+def batch_pass(engine: Any, prompts: list[str], max_new: int) -> BatchPass:
+    """Greedy, unconstrained, all prompts in one continuously batched call: what ``awq_model`` decodes."""
     from pumpl_assets.core.generation import GenerationParams
     from pumpl_assets.core.schemas import parse_plan
 
+    t0 = time.perf_counter()
     gens = engine.generate(prompts, GenerationParams(max_new_tokens=max_new))
+    seconds = time.perf_counter() - t0
     ok = 0
     for g in gens:
         try:
@@ -105,7 +124,24 @@ def schema_valid_rate(engine: Any, prompts: list[str], max_new: int) -> tuple[fl
             ok += 1
         except ValueError:
             pass
-    return ok / len(prompts), [g.text for g in gens]
+    return BatchPass(
+        ok / len(prompts),
+        [g.text for g in gens],
+        [g.token_ids for g in gens],
+        sum(g.completion_tokens for g in gens),
+        seconds,
+    )
+
+
+def load_awq_as_transformers_loads_it(awq_dir: Path) -> Any:
+    """The AWQ engine without :func:`dense_compressed_tensors`: compressed-tensors' offload cache and
+    per-Linear quantize-dequantize shim left in place, as ``from_pretrained`` leaves them (the baseline)."""
+    from unittest import mock
+
+    from pumpl_assets.core import generation
+
+    with mock.patch.object(generation, "dense_compressed_tensors", lambda model: 0):
+        return generation.load_engine("awq", awq_dir, device="cpu")
 
 
 def run(ctx: Context) -> BenchResult:
@@ -174,13 +210,34 @@ def run(ctx: Context) -> BenchResult:
         max_new = sizes["valid_max_new_tokens"] or spec.eval_max_new_tokens
         prompts = render_prompts(tok, test_requests(sizes["n_valid_prompts"], ctx.seed), spec.prompt_style)
         ctx.log(f"quant: schema-valid rate on {len(prompts)} prompts (max_new_tokens {max_new})")
-        valid: dict[str, float] = {}
-        samples: dict[str, list[str]] = {}
-        for key, eng in engines.items():
-            valid[key], samples[key] = schema_valid_rate(eng, prompts, max_new)
+        passes = {key: batch_pass(eng, prompts, max_new) for key, eng in engines.items()}
+        engines["awq_as_loaded"] = load_awq_as_transformers_loads_it(awq_dir)
+        ctx.log("quant: the same batch through the AWQ folder as transformers loads it (the baseline)")
+        passes["awq_as_loaded"] = batch_pass(engines["awq_as_loaded"], prompts, max_new)
     finally:
         for eng in engines.values():
             eng.close()
+    valid = {key: p.valid_rate for key, p in passes.items()}
+    samples = {key: p.texts for key, p in passes.items()}
+    dense, loaded = passes["awq"], passes["awq_as_loaded"]
+    dense_tps, loaded_tps = dense.tokens / dense.seconds, loaded.tokens / loaded.seconds
+    result.metrics.append(
+        Metric(
+            "quant_batch_decode_tokens_per_s",
+            dense_tps,
+            "tokens/s",
+            baseline_name="the same AWQ folder as transformers loads it (compressed-tensors shim + offload cache)",
+            baseline_value=loaded_tps,
+            ratio=ratio(dense_tps, loaded_tps),
+            details={
+                "rows": len(prompts),
+                "max_new_tokens": max_new,
+                "tokens": dense.tokens,
+                "identical_rows": sum(a == b for a, b in zip(dense.token_ids, loaded.token_ids, strict=True)),
+                "merged_tokens_per_s": passes["merged"].tokens / passes["merged"].seconds,
+            },
+        )
+    )
     drop = valid["merged"] - valid["awq"]
     result.metrics.append(
         Metric(

@@ -199,6 +199,48 @@ def test_awq_tiny_reloads_and_generates_on_cpu(tiny_model_dir: Path, tiny_awq: Q
     assert top1 > 0.8
 
 
+def _shims(model: object) -> int:
+    """Quantized modules whose forward is compressed-tensors' instance-level quantize-dequantize shim."""
+    return sum(
+        hasattr(m, "quantization_scheme") and "forward" in vars(m)
+        for m in model.modules()  # type: ignore[attr-defined]
+    )
+
+
+@pytest.mark.unit
+def test_engine_runs_the_awq_model_dense_with_the_same_logits(
+    tiny_awq: QuantResult, tiny_model_dir: Path
+) -> None:
+    """The engine decompresses an AWQ folder on load and drops compressed-tensors' per-Linear shim
+    (weight-only scheme: the shim computes what nn.Linear does); the logits are those of the shimmed
+    model, bit for bit, and the engine still generates."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pumpl_assets.core.generation import GenerationParams, HFEngine, dense_compressed_tensors, load_engine
+
+    eng = load_engine("transformers", tiny_awq.out_dir, dtype="float32")
+    assert isinstance(eng, HFEngine)
+    try:
+        assert eng.quantization == "compressed-tensors"
+        assert _shims(eng.model) == 0
+        shimmed = AutoModelForCausalLM.from_pretrained(tiny_awq.out_dir, dtype=torch.float32).eval()
+        n_shims = _shims(shimmed)
+        assert n_shims == 2 * 7  # 2 layers x q/k/v/o/gate/up/down carry the shim as loaded
+        tok = AutoTokenizer.from_pretrained(tiny_awq.out_dir)
+        ids = tok(calibration_texts(tiny_model_dir, 1)[0], return_tensors="pt").input_ids
+        with torch.inference_mode():
+            want = shimmed(input_ids=ids).logits
+            got = eng.model(input_ids=ids).logits
+        assert torch.equal(got, want)
+        assert dense_compressed_tensors(shimmed) == n_shims
+        assert dense_compressed_tensors(shimmed) == 0  # idempotent
+        out = eng.generate([str(tok.decode(ids[0, :16]))], GenerationParams(max_new_tokens=6))
+        assert out[0].completion_tokens > 0
+    finally:
+        eng.close()
+
+
 def _main_job_awq() -> tuple[Path, Path] | None:
     """The main job's AWQ folder of smollm2-135m and its merged source, when `bash scripts/main.sh` ran
     on this checkout's artifact root (CI runs the tests after it)."""

@@ -9,8 +9,9 @@ Why a plain loop and not TRL's SFTTrainer: on 2 CPU cores every wasted FLOP show
 * computes the LM head and cross-entropy ONLY on answer positions (the prompt is ~40% of
   the tokens and the 49k-vocab head is ~20% of the model's FLOPs) instead of full logits;
 * fp32 master weights, with bf16 autocast when the recipe asks for it (``autocast_bf16``: ~2x on
-  CPUs with AVX512-BF16/AMX), ``torch.set_num_threads`` = idle cores (see
-  :func:`~pumpl_assets.core.training.base.torch_threads`; ``PUMPL_TORCH_THREADS`` overrides), no KV cache;
+  CPUs with AVX512-BF16/AMX), ``torch.set_num_threads`` = idle cores, re-checked every 10 steps (see
+  :func:`~pumpl_assets.core.training.base.torch_threads` and ``ThreadGovernor``; ``PUMPL_TORCH_THREADS``
+  overrides), no KV cache;
 * AdamW over the LoRA parameters only, linear warm-up then cosine decay to 10%.
 
 It trains whatever a loader produced (:mod:`.model_peft`, :mod:`.model_unsloth`): a
@@ -232,6 +233,7 @@ class PlainRecipe:
         pad_id = self.tokenizer.pad_token_id
         n_tokens = 0
         t_loop = time.perf_counter()
+        threads = base.ThreadGovernor(enabled=str(self.device) == "cpu")
         for step in range(start_step, total):
             micro = [next(stream) for _ in range(cfg.grad_accum)]
             # The step's loss is the (weighted) mean over every answer token of its micro-batches.
@@ -255,6 +257,7 @@ class PlainRecipe:
             log.info("step %d/%d loss %.4f lr %.2e", step + 1, total, step_loss, scheduler.get_last_lr()[0])
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 self._checkpoint(out_dir, step + 1, fingerprint, optimizer, scheduler, losses)
+            threads.after_step(step + 1)
         loop_s = time.perf_counter() - t_loop
         steps_run = total - start_step
 
@@ -282,6 +285,7 @@ class PlainRecipe:
                 "loop_s": round(loop_s, 2),
                 "device": self.device,
                 "threads": torch.get_num_threads(),
+                "thread_changes": threads.changes,
                 "batches_per_epoch": per_epoch,
                 "n_val_examples": len(tok_val),
                 "packing": packing,

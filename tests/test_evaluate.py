@@ -406,3 +406,71 @@ def test_merged_folder_is_scored_as_the_fine_tuned_model(
             tiny_model_dir, lora_dir, test_rows, catalogue, style="chat_template", system_prompt=None,
             tuned_model=merged,
         )  # fmt: skip
+
+
+def _request(days: int, minutes: int) -> RequestSpec:
+    return RequestSpec(
+        goal="strength", minutes=minutes, level="beginner", equipment=["body only"], days_per_week=days
+    )
+
+
+@pytest.mark.unit
+def test_longest_expected_plans_are_admitted_first() -> None:
+    from pumpl_assets.core.evaluate import longest_first
+
+    reqs = [
+        _request(3, 30),
+        _request(6, 120),
+        _request(3, 60),
+        _request(1, 10),
+        _request(6, 45),
+        _request(3, 30),
+    ]
+    # Sessions first, then session length; equal keys keep their split order (rows 0 and 5).
+    assert longest_first(reqs) == [1, 4, 2, 0, 5, 3]
+    assert longest_first([]) == []
+
+
+@pytest.mark.unit
+def test_rows_come_back_in_split_order_whatever_the_admission_order(catalogue: ExerciseCatalogue) -> None:
+    from pumpl_assets.core.evaluate import _Example, _run_mode
+    from pumpl_assets.core.generation import Generation
+
+    class RecordingEngine:
+        """Answers each prompt with its own text, and records the order prompts were given in."""
+
+        model = None
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def generate(
+            self, prompts: list[str], params: Any, schemas: Any, *, max_batch: int
+        ) -> list[Generation]:
+            self.seen = list(prompts)
+            return [
+                Generation(
+                    text=f"answer to {p}", prompt_tokens=1, completion_tokens=len(p), finish_reason="stop"
+                )
+                for p in prompts
+            ]
+
+    reqs = [_request(2, 20), _request(5, 90), _request(3, 45)]
+    examples = [
+        _Example(
+            example_id=f"ex{i}",
+            request_json=r.model_dump_json(),
+            request=r,
+            understood=r,
+            reference="{}",
+            prompt=f"prompt {i}",
+            budget=64,
+            reference_tokens=1,
+        )
+        for i, r in enumerate(reqs)
+    ]
+    engine = RecordingEngine()
+    rows, _ = _run_mode(engine, "adapter", "unconstrained", examples, catalogue, batch_size=2)  # type: ignore[arg-type]
+    assert engine.seen == ["prompt 1", "prompt 2", "prompt 0"]
+    assert [r["example_id"] for r in rows] == ["ex0", "ex1", "ex2"]
+    assert [r["text"] for r in rows] == ["answer to prompt 0", "answer to prompt 1", "answer to prompt 2"]

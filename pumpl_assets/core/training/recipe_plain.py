@@ -28,6 +28,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from pumpl_assets.core import heap
 from pumpl_assets.core.io import stable_hash
 from pumpl_assets.core.schemas import TrainingExample
 from pumpl_assets.core.training import base, data
@@ -285,6 +286,7 @@ class PlainRecipe:
                 "loop_s": round(loop_s, 2),
                 "device": self.device,
                 "threads": torch.get_num_threads(),
+                "retained_heap": heap.retained(),
                 "thread_changes": threads.changes,
                 "batches_per_epoch": per_epoch,
                 "n_val_examples": len(tok_val),

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pumpl_assets.core import heap
 from pumpl_assets.core.io import stable_hash
 from pumpl_assets.core.schemas import TrainingExample
 from pumpl_assets.core.training import base, data
@@ -210,6 +211,7 @@ def _finish(
             "checkpoints": str(run_dir),
             "device": session.device,
             "threads": torch.get_num_threads(),
+            "retained_heap": heap.retained(),
             "packing": cfg.packing,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
             if str(session.device).startswith("cuda")

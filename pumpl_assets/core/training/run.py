@@ -296,6 +296,8 @@ def materialization_metadata(result: Any, cfg: dict[str, Any]) -> dict[str, Any]
         "adapter_dir": {"raw_value": str(result.adapter_dir), "type": "path"},
         "loss_plot": {"raw_value": str(result.loss_plot or ""), "type": "path"},
         "device": str(result.extra.get("device", "")),
+        "threads": int(result.extra.get("threads") or 0),
+        "retained_heap": bool(result.extra.get("retained_heap", False)),
         "host_pid": f"{os.uname().nodename}:{os.getpid()}",
     }
 
@@ -347,6 +349,9 @@ def pipes_main() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pumpl_assets.core.heap import retain_freed_memory
+
+    retain_freed_memory()  # first, before the model's tensors exist (see core/heap.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--job", type=Path, help="job JSON (see pumpl_assets.core.training.job)")

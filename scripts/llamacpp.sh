@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent: install the pinned llama-cpp-python (sdist only: built here with cmake + a C/C++ compiler,
-# ~260 s on 2 cores, then cached by pip) and place llama.cpp's HF -> GGUF converter, which the package
+# ~180 s on 2 cores without the multimodal library, then cached by pip) and place llama.cpp's HF -> GGUF converter, which the package
 # does not install, under .cache/llamacpp/ (git-ignored), with the `conversion/` and `gguf-py/` trees it
 # imports from the same sdist (so converter and gguf writer are the same llama.cpp revision).
 # Exits non-zero with a message naming what is missing; the torch engines do not need any of this.
@@ -38,7 +38,9 @@ if ! "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$PIN')"
     exit 1
   fi
   # By name from the index (not the local file) so pip caches the built wheel for the next venv.
-  nice -n 10 "$PY" -m pip install -q "llama-cpp-python==$PIN"
+  # LLAVA_BUILD=OFF: Pumpl serves text only, and the multimodal library (mtmd: clip, audio) is ~30%
+  # of the build (180 s vs 258 s on 2 cores, 2026-12-03); the package imports without it.
+  CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }-DLLAVA_BUILD=OFF" nice -n 10 "$PY" -m pip install -q "llama-cpp-python==$PIN"
 fi
 
 # Converter + the trees it imports, from the same sdist.

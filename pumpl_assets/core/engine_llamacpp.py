@@ -114,6 +114,10 @@ class LlamaCppEngine(HFEngine):
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        # No extra buffer types (AMX, CPU_REPACK): a native build on an AMX Xeon puts the weights in an AMX
+        # buffer, and the first decode segfaults in ggml_backend_amx_mul_mat (llama.cpp #20824, never fixed;
+        # reproduced here with SmolLM2 q8_0 and a tiny model, 2026-12-04). Plain CPU buffers decode fine.
+        mparams.use_extra_bufts = False
         model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load {gguf}")

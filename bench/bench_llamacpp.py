@@ -8,6 +8,10 @@ Aggregate completion tokens/s = all completion tokens / wall seconds of the pass
 
 Configs: HF bf16 batch 16 (the eval engine's CPU setting; the baseline), llama.cpp q8_0 and f16,
 batch 16 (one ``generate`` call = 16 parallel sequences) and batch 1 (one prompt per call).
+``--gbnf N``: the grammar question of issue #11 -- llama.cpp's own grammar sampler (GBNF converted from
+the same request-aware JSON schema by llama-cpp-python's ``json_schema_to_gbnf``, the high-level
+``Llama`` API, batch 1, greedy) against this engine's xgrammar mask (batch 1, same rows, same GGUF).
+The GBNF path cannot run the per-row decode guards (no-repeat, name guard), so its plans differ.
 Also, ``--parity``: greedy token agreement of llama.cpp on the f32 GGUF vs HF fp32 (same weights).
 
     PYTHONPATH=. nice -n 10 python bench/bench_llamacpp.py \\
@@ -124,6 +128,47 @@ def one_pass(
     return run, ids
 
 
+def gbnf_pass(
+    gguf: str, label: str, tokenizer: Any, prompts: list[str], schemas: list[dict], threads: int, max_new: int
+) -> Run:
+    """llama.cpp's own grammar sampler: GBNF from each row's JSON schema, high-level ``Llama``, batch 1."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    default_params = lib.llama_model_default_params
+
+    def no_extra_bufts() -> Any:  # the engine's AMX workaround (llama.cpp #20824), for Llama() too
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = no_extra_bufts
+    try:
+        llm = llama_cpp.Llama(gguf, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    finally:
+        lib.llama_model_default_params = default_params
+    tokens, valid, stop, compile_s = 0, 0, 0, 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for prompt, schema in zip(prompts, schemas, strict=True):
+        tc = time.perf_counter()
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        compile_s += time.perf_counter() - tc
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        out: Any = llm.create_completion(ids, max_tokens=max_new, temperature=0.0, grammar=grammar)
+        choice = out["choices"][0]
+        tokens += int(out["usage"]["completion_tokens"])
+        valid += schema_valid(choice["text"])
+        stop += choice["finish_reason"] == "stop"
+        llm.reset()
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    run = Run(label, 1, "served", len(prompts), tokens, dt, cpu, valid, len(prompts), stop,
+              {"grammar_compile_s": compile_s})  # fmt: skip
+    print(f"{label:>14} b1 served: {tokens} tok in {dt:.1f}s = {run.tps:.1f} tok/s, schema-valid "
+          f"{valid}/{len(prompts)}, stop {stop}, GBNF build {compile_s:.1f}s", flush=True)  # fmt: skip
+    return run
+
+
 def match_rate(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
     """(share of rows identical, share of positions equal up to the first divergence over the longer row)."""
     same = sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
@@ -154,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b1-quants", default="q8_0,f16", help="quants that also get the batch-1 passes")
     ap.add_argument("--parity", type=int, default=4, help="rows for the f32 parity check (0: skip)")
     ap.add_argument("--parity-tokens", type=int, default=256)
+    ap.add_argument(
+        "--gbnf", type=int, default=0, help="rows for the GBNF-vs-xgrammar batch-1 pass (0: skip)"
+    )
+    ap.add_argument("--gbnf-quant", default="q8_0")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -207,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                     one_pass(eng, f"llamacpp-{q}", prompts[:n_b1], schemas[:n_b1], mode, 1, args.max_new)[0]
                 )
         eng.close()
+
+    if args.gbnf > 0:
+        q = args.gbnf_quant
+        rows = [(p, s) for p, s in zip(prompts, schemas, strict=True) if s is not None][: args.gbnf]
+        gp, gs = [p for p, _ in rows], [s for _, s in rows if s is not None]
+        eng = LlamaCppEngine(files[q]["path"], tokenizer_path=args.gguf_dir, n_threads=threads)
+        eng.generate(gp[:1], GenerationParams(4))
+        runs.append(one_pass(eng, f"xgrammar-{q}", gp, list[dict | None](gs), "served", 1, args.max_new)[0])
+        tok = eng.tokenizer
+        eng.close()
+        runs.append(gbnf_pass(files[q]["path"], f"gbnf-{q}", tok, gp, gs, threads, args.max_new))
 
     parity_line = ""
     if args.parity > 0:

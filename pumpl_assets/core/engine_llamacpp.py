@@ -298,7 +298,7 @@ class LlamaCppEngine(HFEngine):
         logits = np.empty((n, self.vocab_size), dtype=np.float32)
         stats = {
             "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "prefill_s": 0.0, "batch": float(n),
-            "guard_banned": 0.0, "guard_fallbacks": 0.0,
+            "guard_banned": 0.0, "guard_fallbacks": 0.0, "guard_rule_bans": 0.0, "guard_rule_fallbacks": 0.0,
         }  # fmt: skip
         self.last_stats = stats
         with self._lock:
@@ -346,7 +346,10 @@ class LlamaCppEngine(HFEngine):
                     else:
                         self._ll.llama_memory_seq_rm(mem, ri, -1, -1)
                 stats["steps"] += 1
-                stats["guard_fallbacks"] = float(sum(r.guard.fallbacks for r in rows if r.guard is not None))
+                guards = [r.guard for r in rows if r.guard is not None]
+                stats["guard_fallbacks"] = float(sum(g.fallbacks for g in guards))
+                stats["guard_rule_bans"] = float(sum(g.rule_bans for g in guards))
+                stats["guard_rule_fallbacks"] = float(sum(g.rule_fallbacks for g in guards))
                 yield rows
                 if not keep:
                     break

@@ -267,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         tok = eng.tokenizer
         eng.close()
         runs.append(gbnf_pass(files[q]["path"], f"gbnf-{q}", tok, gp, gs, threads, args.max_new))
+        notes.append(
+            f"\nxgrammar-{q} / gbnf-{q}: the same {len(gp)} served rows at batch 1 -- this engine's xgrammar mask "
+            "(with its decode guards) against llama.cpp's own grammar sampler (GBNF converted from the same JSON "
+            "schema by llama-cpp-python, high-level `Llama`, greedy; no decode guards)."
+        )
 
     parity_line = ""
     if args.parity > 0:

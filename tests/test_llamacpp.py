@@ -126,6 +126,30 @@ def test_failed_export_leaves_previous_folder_intact(
 
 
 @pytest.mark.unit
+def test_quantized_gguf_decodes_at_one_and_two_threads(tiny_gguf: GGUFExport) -> None:
+    """q8_0 goes to llama.cpp's AMX buffer on an AMX Xeon unless the engine turns extra buffer types off,
+    and the first decode then segfaults (llama.cpp #20824; this box, 2026-12-04). A subprocess, so a
+    crash fails this test with its exit code instead of killing the test worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pumpl_assets.core.engine_llamacpp import LlamaCppEngine\n"
+        "from pumpl_assets.core.generation import GenerationParams\n"
+        "for threads in (1, 2):\n"
+        "    eng = LlamaCppEngine(sys.argv[1], n_threads=threads)\n"
+        "    (g,) = eng.generate(['Plan my week'], GenerationParams(max_new_tokens=8))\n"
+        "    assert g.completion_tokens == 8, g\n"
+        "    eng.close()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, tiny_gguf.path("q8_0")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+@pytest.mark.unit
 def test_tokenization_parity_with_hf(engine: LlamaCppEngine) -> None:
     texts = [
         *prompts_for(engine, [REQ_A, REQ_B]),

@@ -228,6 +228,42 @@ def test_constrained_output_is_schema_valid(engine: LlamaCppEngine, catalogue: E
 
 
 @pytest.mark.unit
+def test_continuous_batching_refills_slots_and_equals_one_at_a_time(
+    engine: LlamaCppEngine, catalogue: ExerciseCatalogue
+) -> None:
+    """max_batch=2 over 5 rows of mixed lengths, grammars and samplers: finished rows' sequence slots
+    are refilled (rows admitted late), live rows move down to keep the slots consecutive, and every row
+    decodes exactly as it does alone."""
+    reqs = [REQ_B, REQ_A]
+    schemas: list[dict | None] = [
+        None,
+        request_plan_schema(REQ_A, catalogue),
+        None,
+        request_plan_schema(REQ_B, catalogue),
+        None,
+    ]
+    prompts = [*prompts_for(engine, reqs), "Hi", *prompts_for(engine, [REQ_B, REQ_A])]
+    params = [
+        GenerationParams(max_new_tokens=5),  # slot 0 frees first: the row in slot 1 moves down
+        GenerationParams(max_new_tokens=300),
+        GenerationParams(max_new_tokens=9),
+        GenerationParams(max_new_tokens=200),
+        GenerationParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3),
+    ]
+    together = engine.generate(prompts, params, schemas, max_batch=2)
+    stats = dict(engine.last_stats)
+    alone = [engine.generate([p], [q], [s])[0] for p, q, s in zip(prompts, params, schemas, strict=True)]
+    assert stats["batch"] == 2 and stats["admitted_late"] == 3
+    assert stats["moved"] >= 1  # a live row moved down a slot (its KV copied) and still decoded exactly
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert [g.finish_reason for g in together] == [g.finish_reason for g in alone]
+    assert together[0].completion_tokens == 5 and together[2].completion_tokens == 9
+    # fewer decode steps than consecutive batches of 2, which step for each pair's longest row
+    consecutive = sum(max(len(g.token_ids) for g in together[b : b + 2]) for b in range(0, 5, 2))
+    assert stats["steps"] < consecutive, (stats["steps"], consecutive)
+
+
+@pytest.mark.unit
 def test_stream_joins_to_generate(engine: LlamaCppEngine) -> None:
     prompt = prompts_for(engine, [REQ_B])[0]
     params = GenerationParams(max_new_tokens=20)

@@ -7,10 +7,11 @@ outputs follow the same rules; only ``_decode`` differs:
 
 * prompts are tokenized by the HF tokenizer saved next to the GGUF (the prompts are rendered
   with the HF chat template elsewhere) and those ids are fed to llama.cpp as they are;
-* all prompts of one ``generate`` call are decoded together as parallel sequences of one
-  llama.cpp context (``seq_id`` = row index, non-unified KV: each sequence attends only to its
-  own cells), one token per live sequence per ``llama_decode``; a finished sequence's KV is
-  dropped with ``llama_memory_seq_rm``;
+* the prompts of one ``generate`` call are decoded as parallel sequences of one llama.cpp
+  context (non-unified KV: each sequence attends only to its own cells), one token per live
+  sequence per ``llama_decode``, at most ``max_batch`` at once: a finished sequence's KV is
+  dropped (``llama_memory_seq_rm``), the live ones are kept in slots 0..k-1, and the next prompt
+  is prefilled into a free slot (continuous batching);
 * the context is kept between calls and re-created only when a call needs more sequences or
   a longer per-sequence window than it has.
 
@@ -224,18 +225,10 @@ class LlamaCppEngine(HFEngine):
             raise ValueError(
                 f"got {len(prompts)} prompts but {len(plist)} params and {len(schemas)} json_schemas"
             )
-        if max_batch is not None and max_batch < len(prompts):
-            if max_batch < 1:
-                raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-            # No refill into a running llama.cpp batch yet: consecutive batches of max_batch.
-            chunks: list[Generation] = []
-            for b in range(0, len(prompts), max_batch):
-                chunks.extend(
-                    self.generate(
-                        prompts[b : b + max_batch], plist[b : b + max_batch], schemas[b : b + max_batch]
-                    )
-                )
-            return chunks
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if self.parallel and max_batch is not None and max_batch < len(prompts):
+            return HFEngine.generate(self, prompts, plist, schemas, max_batch=max_batch)
         if self.parallel or len(prompts) <= 1:
             return super().generate(prompts, params, json_schemas)
         out: list[Generation] = []
@@ -269,20 +262,26 @@ class LlamaCppEngine(HFEngine):
         json_schemas: list[dict | None] | None,
         max_batch: int | None = None,
     ) -> Iterator[list[_Row]]:
+        """Continuous batching over llama.cpp's parallel sequences: at most ``max_batch`` rows (all when
+        None) decode together, one token per live row per ``llama_decode``; when rows finish, the live
+        ones move down to slots 0..k-1 (:meth:`_compact`) and the next prompts are prefilled into the
+        slots above, so a batch never steps for its longest row alone. Non-unified KV: each sequence
+        attends only to its own cells, so a row decodes as it would alone whatever joins or leaves."""
         import torch
         import xgrammar as xgr
 
-        if max_batch is not None and max_batch < len(prompts):  # generate() runs such calls in chunks
-            raise ValueError("the llama.cpp engine decodes one batch per call; it has no continuous batching")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if self.model is None:
             raise EngineError("engine is closed")
         n = len(prompts)
         if n == 0:
             yield []
             return
-        if n > self.max_seqs:
+        slots = min(n, max_batch or n)
+        if slots > self.max_seqs:
             raise ValueError(
-                f"{n} prompts in one call; engine 'llamacpp' takes at most max_seqs={self.max_seqs}"
+                f"{slots} prompts in one batch; engine 'llamacpp' takes at most max_seqs={self.max_seqs}"
             )
         enc, rows = self._prepare_rows(prompts, params, json_schemas)
         for i, e in enumerate(enc):
@@ -292,42 +291,51 @@ class LlamaCppEngine(HFEngine):
                 )
         plist = [r.params for r in rows]
 
-        bitmask = xgr.allocate_token_bitmask(n, self.vocab_size) if any(r.matcher for r in rows) else None
+        bitmask = xgr.allocate_token_bitmask(slots, self.vocab_size) if any(r.matcher for r in rows) else None
         stop_ids = set(self.stop_token_ids)
         per_seq = max(len(e) + p.max_new_tokens for e, p in zip(enc, plist, strict=True)) + 1
-        logits = np.empty((n, self.vocab_size), dtype=np.float32)
+        logits = np.empty((slots, self.vocab_size), dtype=np.float32)
         stats = {
-            "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "prefill_s": 0.0, "batch": float(n),
+            "steps": 0.0, "model_s": 0.0, "grammar_s": 0.0, "prefill_s": 0.0, "compact_s": 0.0, "moved": 0.0,
+            "batch": float(slots), "admitted_late": float(n - slots),
             "guard_banned": 0.0, "guard_fallbacks": 0.0, "guard_rule_bans": 0.0, "guard_rule_fallbacks": 0.0,
         }  # fmt: skip
         self.last_stats = stats
         with self._lock:
-            ctx = self._ensure_ctx(n, per_seq)
+            ctx = self._ensure_ctx(slots, per_seq)
             mem = self._ll.llama_get_memory(ctx)
-            # Prefill: prompts packed into chunks of PREFILL_BATCH tokens; logits only at each prompt's end.
-            t0 = time.perf_counter()
-            chunk: list[tuple[int, int, int, bool]] = []
-            ends: list[tuple[int, int]] = []  # (row, index in chunk) of prompt ends in this chunk
-            for i, e in enumerate(enc):
-                for pos, tok in enumerate(e):
-                    last = pos == len(e) - 1
-                    if last:
-                        ends.append((i, len(chunk)))
-                    chunk.append((tok, pos, i, last))
-                    if len(chunk) == PREFILL_BATCH:
-                        self._run(ctx, chunk)
-                        for r, j in ends:
-                            logits[r] = self._logits_row(ctx, j)
-                        chunk, ends = [], []
-            if chunk:
-                self._run(ctx, chunk)
-                for r, j in ends:
-                    logits[r] = self._logits_row(ctx, j)
-            stats["prefill_s"] = time.perf_counter() - t0
-            stats["model_s"] += stats["prefill_s"]
-
-            active = list(range(n))  # live rows; logits[b] belongs to active[b]
+            waiting = list(range(n - 1, slots - 1, -1))  # pop() admits in the given order
             positions = [len(e) for e in enc]
+
+            def prefill(new_rows: list[int], first_slot: int) -> None:
+                """Prompts of ``new_rows`` into slots ``first_slot``.., packed into chunks of PREFILL_BATCH
+                tokens; each prompt's last logits into ``logits[slot]``."""
+                t0 = time.perf_counter()
+                chunk: list[tuple[int, int, int, bool]] = []
+                ends: list[tuple[int, int]] = []  # (slot, index in chunk)
+                for k, ri in enumerate(new_rows):
+                    rows[ri].started = t0
+                    slot, e = first_slot + k, enc[ri]
+                    for pos, tok in enumerate(e):
+                        last = pos == len(e) - 1
+                        if last:
+                            ends.append((slot, len(chunk)))
+                        chunk.append((tok, pos, slot, last))
+                        if len(chunk) == PREFILL_BATCH:
+                            self._run(ctx, chunk)
+                            for sl, j in ends:
+                                logits[sl] = self._logits_row(ctx, j)
+                            chunk, ends = [], []
+                if chunk:
+                    self._run(ctx, chunk)
+                    for sl, j in ends:
+                        logits[sl] = self._logits_row(ctx, j)
+                dt = time.perf_counter() - t0
+                stats["prefill_s"] += dt
+                stats["model_s"] += dt
+
+            active = list(range(slots))  # live rows; row active[b] is in slot b, its logits in logits[b]
+            prefill(active, 0)
             while active:
                 t1 = time.perf_counter()
                 step_logits = torch.from_numpy(logits[: len(active)])
@@ -344,26 +352,54 @@ class LlamaCppEngine(HFEngine):
                     if row.finish_reason is None:
                         keep.append(b)
                     else:
-                        self._ll.llama_memory_seq_rm(mem, ri, -1, -1)
+                        row.seconds = time.perf_counter() - row.started
+                        self._ll.llama_memory_seq_rm(mem, b, -1, -1)
                 stats["steps"] += 1
                 guards = [r.guard for r in rows if r.guard is not None]
                 stats["guard_fallbacks"] = float(sum(g.fallbacks for g in guards))
                 stats["guard_rule_bans"] = float(sum(g.rule_bans for g in guards))
                 stats["guard_rule_fallbacks"] = float(sum(g.rule_fallbacks for g in guards))
                 yield rows
-                if not keep:
+                newcomers = [waiting.pop() for _ in range(min(len(waiting), slots - len(keep)))]
+                if not keep and not newcomers:
                     break
-                active = [active[b] for b in keep]
-                items = [(next_tokens[b], positions[active[k]], active[k], True) for k, b in enumerate(keep)]
-                for ri in active:
-                    positions[ri] += 1
-                t3 = time.perf_counter()
-                self._run(ctx, items)
-                out = np.ctypeslib.as_array(
-                    self._ll.llama_get_logits(ctx), shape=(len(active), self.vocab_size)
-                )
-                logits[: len(active)] = out
-                stats["model_s"] += time.perf_counter() - t3
+                if len(keep) < len(active):
+                    t4 = time.perf_counter()
+                    stats["moved"] += self._compact(mem, keep)
+                    stats["compact_s"] += time.perf_counter() - t4
+                    next_tokens = [next_tokens[b] for b in keep]
+                    active = [active[b] for b in keep]
+                if active:
+                    items = [(next_tokens[k], positions[ri], k, True) for k, ri in enumerate(active)]
+                    for ri in active:
+                        positions[ri] += 1
+                    t3 = time.perf_counter()
+                    self._run(ctx, items)
+                    out = np.ctypeslib.as_array(
+                        self._ll.llama_get_logits(ctx), shape=(len(active), self.vocab_size)
+                    )
+                    logits[: len(active)] = out
+                    stats["model_s"] += time.perf_counter() - t3
+                if newcomers:
+                    prefill(newcomers, len(active))
+                    active = active + newcomers
+
+    def _compact(self, mem: Any, keep: list[int]) -> int:
+        """Move the live sequences ``keep`` (their slots, ascending) down to slots 0..len(keep)-1.
+
+        With a non-unified KV cache llama.cpp splits a batch into one ubatch per run of consecutive
+        sequence ids (``split_equal(sequential=true)``), so once rows finish and leave gaps, each step ran
+        one full forward per run -- the weights read once per run, ~10 ms a live row on 2 cores. Keeping
+        the live rows in consecutive slots makes every step one ubatch again. A cross-slot move copies
+        that sequence's KV buffer once (``llama_memory_seq_cp``, done at the next decode)."""
+        ll = self._ll
+        moved = 0
+        for new, old in enumerate(keep):
+            if new != old:
+                ll.llama_memory_seq_cp(mem, old, new, -1, -1)
+                ll.llama_memory_seq_rm(mem, old, -1, -1)
+                moved += 1
+        return moved
 
 
 class _ConfigView:

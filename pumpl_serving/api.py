@@ -208,8 +208,10 @@ def model_user_message(prompt: str, understood: UnderstoodRequest | None) -> str
 
 
 def model_max_positions(model_path: str | Path) -> int | None:
-    """Context length from the model's config.json (None when it does not say)."""
-    cfg = Path(model_path) / "config.json"
+    """Context length from the model's config.json (None when it does not say); a model file
+    (a GGUF) reads the config.json beside it."""
+    path = Path(model_path)
+    cfg = (path.parent if path.is_file() else path) / "config.json"
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -321,7 +323,7 @@ class _ModelWorker:
     def _load(self, ref: ModelRef) -> Any:
         from pumpl_assets.core.generation import load_engine
 
-        return load_engine(self.cfg.engine, ref.path, device=self.engine_device)
+        return load_engine(self.cfg.engine, ref.path, device=self.engine_device, threads=self.cfg.threads)
 
     def _on_poll_error(self, msg: str) -> None:
         self.last_error = msg

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pumpl_serving.config import ALLOWED_HOSTS, ENGINES, TOKEN_ENV, ServeConfig
 from pumpl_serving.model_source import ModelSourceError
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default="transformers",
-        help="inference engine; awq serves the version's AWQ folder, the others its merged folder",
+        help="inference engine; awq serves the version's AWQ folder, the others its merged folder; "
+        "llamacpp (CPU) serves a GGUF export given with --model-path (python -m pumpl_assets.core.gguf)",
     )
     p.add_argument(
         "--host",
@@ -133,6 +135,27 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def _engine_model_mismatch(engine: str, path: Path) -> str | None:
+    """Why ``engine`` cannot serve ``path`` (a GGUF export vs a Hugging Face folder), else None."""
+    is_gguf = path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")))
+    if engine == "llamacpp":
+        if not is_gguf:
+            return (
+                f"--engine llamacpp serves a GGUF export and {path} holds no .gguf file; export one with "
+                f"python -m pumpl_assets.core.gguf {path} OUT_DIR and pass --model-path OUT_DIR"
+            )
+        from pumpl_assets.core.engine_llamacpp import resolve_gguf
+
+        try:
+            resolve_gguf(path)
+        except (FileNotFoundError, ValueError) as exc:
+            return str(exc)
+        return None
+    if is_gguf and not any(path.glob("*.safetensors")):
+        return f"{path} is a GGUF export: serve it with --engine llamacpp"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -154,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         ref = cfg.source().resolve()
     except ModelSourceError as exc:
         print(f"pumpl-serve: {exc}", file=sys.stderr)
+        return 2
+    mismatch = _engine_model_mismatch(cfg.engine, Path(ref.path))
+    if mismatch:
+        print(f"pumpl-serve: {mismatch}", file=sys.stderr)
         return 2
     log.info(
         "serving %s (version %s) from %s with engine %s on http://%s:%d",

@@ -8,7 +8,7 @@ from typing import Any
 
 from pumpl_serving.model_source import ModelSource, PathSource, RegistrySource
 
-ENGINES: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm")
+ENGINES: tuple[str, ...] = ("transformers", "bnb4", "bnb8", "awq", "vllm", "llamacpp")
 ALLOWED_HOSTS: tuple[str, ...] = ("127.0.0.1", "0.0.0.0", "::")
 TOKEN_ENV = "PUMPL_SERVE_TOKEN"
 

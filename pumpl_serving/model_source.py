@@ -82,12 +82,14 @@ class PathSource:
 
     def resolve(self) -> ModelRef:
         p = Path(self.path).expanduser().resolve()
-        if not (p / artifacts.FILE_MODEL_CONFIG).is_file():
+        # A .gguf file (engine llamacpp) lives in its export folder, next to the HF tokenizer and config.
+        folder = p.parent if p.suffix == ".gguf" and p.is_file() else p
+        if not (folder / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(
                 f"--model-path {p} is not a Hugging Face model folder (no config.json); "
-                "point it at a merged or AWQ model folder"
+                "point it at a merged, AWQ or GGUF-export model folder"
             )
-        return ModelRef(name=self.name or p.name, path=p, version=None, alias=None, source="path")
+        return ModelRef(name=self.name or folder.name, path=p, version=None, alias=None, source="path")
 
     def describe(self) -> str:
         return f"path {self.path}"
@@ -118,6 +120,15 @@ class RegistrySource:
     def kind(self) -> str:
         return "awq" if self.engine == "awq" else "merged"
 
+    def _check_engine(self) -> None:
+        if self.engine == "llamacpp":
+            # A version holds a merged and an AWQ copy; a GGUF is exported from the merged one by hand.
+            raise ModelSourceError(
+                f"engine 'llamacpp' serves a GGUF export and {self.uri} registers none: export the "
+                "version's merged model (python -m pumpl_assets.core.gguf MERGED_DIR OUT_DIR) and pass "
+                "--model-path OUT_DIR"
+            )
+
     def describe(self) -> str:
         return self.uri
 
@@ -134,6 +145,7 @@ class RegistrySource:
     def resolve(self) -> ModelRef:
         from pumpl_assets.core.registry import RegistryError
 
+        self._check_engine()
         try:
             reg = self._registry()
             reg.check_reachable()  # fail fast and clearly (MLflow's own HTTP retries take minutes)

@@ -45,7 +45,8 @@ CTX_ROUND = 256
 
 
 def resolve_gguf(model_path: str | Path) -> Path:
-    """A ``.gguf`` file, or a folder holding ``model.gguf`` (or exactly one ``*.gguf``)."""
+    """A ``.gguf`` file, or a folder holding ``model.gguf``, or the file its export record
+    (``pumpl_gguf.json``) names as ``default``, or exactly one ``*.gguf``."""
     path = Path(model_path)
     if path.is_file():
         if path.suffix != ".gguf":
@@ -54,6 +55,11 @@ def resolve_gguf(model_path: str | Path) -> Path:
     if path.is_dir():
         if (path / "model.gguf").is_file():
             return path / "model.gguf"
+        record = path / "pumpl_gguf.json"
+        if record.is_file():
+            default = json.loads(record.read_text(encoding="utf-8")).get("default")
+            if default and (path / default).is_file():
+                return path / default
         found = sorted(path.glob("*.gguf"))
         if len(found) == 1:
             return found[0]

@@ -885,6 +885,7 @@ def load_engine(
     device: str = "auto",
     dtype: str = "auto",
     decode_attention: DecodeAttention = "grouped",
+    threads: int | None = None,
 ) -> Engine:
     """Load ``model_path`` (a Hugging Face folder; for ``llamacpp`` a GGUF file or a folder
     holding ``model.gguf`` and the HF tokenizer files) behind engine ``kind``.
@@ -893,6 +894,7 @@ def load_engine(
     quantized folder, awq on a full-precision one), :class:`EngineError` where the
     environment cannot run the engine (vllm without CUDA or without the package).
     ``decode_attention`` picks the CPU decode-step attention of the Hugging Face engines.
+    ``threads`` sets llama.cpp's decode threads (the torch engines follow ``torch.set_num_threads``).
     """
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; supported engines: {', '.join(ENGINE_KINDS)}")
@@ -915,7 +917,7 @@ def load_engine(
             raise ValueError(f"engine 'llamacpp': the GGUF file fixes the weight type; got dtype={dtype!r}")
         from pumpl_assets.core.engine_llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(path)
+        return LlamaCppEngine(path, n_threads=threads)
     return _load_hf(
         kind, path, adapter_path=adapter, device=device, dtype=dtype, decode_attention=decode_attention
     )

@@ -281,3 +281,36 @@ def export_gguf(
         )
         (tmp / EXPORT_MARKER).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pumpl_assets.core.gguf MERGED_DIR OUT_DIR``: export a merged model for
+    ``pumpl-serve --engine llamacpp --model-path OUT_DIR``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pumpl_assets.core.gguf", description=main.__doc__)
+    p.add_argument(
+        "merged_dir", type=Path, help="a merged Hugging Face model folder (config.json, safetensors)"
+    )
+    p.add_argument("out_dir", type=Path, help="the export folder (replaced whole)")
+    p.add_argument(
+        "--quants",
+        default="q8_0",
+        help=f"comma-separated quants, the first becomes model.gguf (default q8_0; any of {','.join(QUANT_FTYPES)})",
+    )
+    p.add_argument("--base-type", choices=BASE_TYPES, default="f16", help="the converter's output type")
+    args = p.parse_args(argv)
+    quants = tuple(q.strip() for q in args.quants.split(",") if q.strip())
+    try:
+        result = export_gguf(args.merged_dir, args.out_dir, quants, base_type=args.base_type)
+    except (FileNotFoundError, ValueError, GGUFExportError) as exc:
+        print(f"gguf export: {exc}", file=sys.stderr)
+        return 2
+    for f in (result.base, *result.quants.values()):
+        print(f"{Path(f.path).name}: {f.bytes / 1e6:.1f} MB ({f.ratio:.3f} of the safetensors)")
+    print(f"serve it: pumpl-serve --engine llamacpp --model-path {result.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pumpl_serving.config import ALLOWED_HOSTS, ENGINES, TOKEN_ENV, ServeConfig
+from pumpl_serving.config import ALLOWED_HOSTS, ENGINE_CHOICES, TOKEN_ENV, ServeConfig, resolve_source
 from pumpl_serving.model_source import ModelSourceError
 
 log = logging.getLogger("pumpl_serving")
@@ -63,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--engine",
-        choices=ENGINES,
-        default="transformers",
-        help="inference engine; awq serves the version's AWQ folder, the others its merged folder; "
-        "llamacpp (CPU) serves a GGUF export given with --model-path (python -m pumpl_assets.core.gguf)",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="inference engine; awq serves the version's AWQ folder, llamacpp (CPU) its GGUF folder "
+        "(or a GGUF export given with --model-path), the others its merged folder; auto (default): "
+        "llamacpp for a CPU partition on a CPU machine with llama.cpp installed, else transformers",
     )
     p.add_argument(
         "--host",
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     # Fail fast (exit 2) when there is nothing to serve, before any worker starts.
     try:
-        ref = cfg.source().resolve()
+        cfg, ref, why = resolve_source(cfg)
     except ModelSourceError as exc:
         print(f"pumpl-serve: {exc}", file=sys.stderr)
         return 2
@@ -183,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pumpl-serve: {mismatch}", file=sys.stderr)
         return 2
     log.info(
-        "serving %s (version %s) from %s with engine %s on http://%s:%d",
+        "serving %s (version %s) from %s with engine %s (%s) on http://%s:%d",
         ref.name,
         ref.version,
         ref.path,
         cfg.engine,
+        why,
         cfg.host,
         cfg.port,
     )

@@ -95,11 +95,16 @@ class PathSource:
         return f"path {self.path}"
 
 
+# Which of a registered version's copies an engine loads (core/registry.py MODEL_KINDS).
+ENGINE_MODEL_KIND = {"awq": "awq", "llamacpp": "gguf"}
+
+
 @dataclass(frozen=True)
 class RegistrySource:
     """The version behind ``models:/pumpl-<partition>@<alias>``, served from its own files.
 
-    ``engine == "awq"`` serves the version's AWQ model; every other engine its merged model.
+    ``engine == "awq"`` serves the version's AWQ model, ``"llamacpp"`` its GGUF folder (the quant
+    its export record names as default); every other engine its merged model.
     Files are downloaded into ``cache_dir`` (default ``PUMPL_MODEL_CACHE`` or
     ``<data root>/cache/models``) under ``<name>/v<version>-<sha256[:16]>/<kind>``. Raises
     :class:`ModelSourceError` (naming the fix) when the server is unreachable, the alias points
@@ -118,16 +123,7 @@ class RegistrySource:
 
     @property
     def kind(self) -> str:
-        return "awq" if self.engine == "awq" else "merged"
-
-    def _check_engine(self) -> None:
-        if self.engine == "llamacpp":
-            # A version holds a merged and an AWQ copy; a GGUF is exported from the merged one by hand.
-            raise ModelSourceError(
-                f"engine 'llamacpp' serves a GGUF export and {self.uri} registers none: export the "
-                "version's merged model (python -m pumpl_assets.core.gguf MERGED_DIR OUT_DIR) and pass "
-                "--model-path OUT_DIR"
-            )
+        return ENGINE_MODEL_KIND.get(self.engine, "merged")
 
     def describe(self) -> str:
         return self.uri
@@ -145,7 +141,6 @@ class RegistrySource:
     def resolve(self) -> ModelRef:
         from pumpl_assets.core.registry import RegistryError
 
-        self._check_engine()
         try:
             reg = self._registry()
             reg.check_reachable()  # fail fast and clearly (MLflow's own HTTP retries take minutes)
@@ -174,7 +169,7 @@ class RegistrySource:
                     else None
                 )
         except RegistryError as exc:
-            hint = " (use --engine transformers: the merged model)" if self.kind == "awq" else ""
+            hint = " (use --engine transformers: the merged model)" if self.kind != "merged" else ""
             raise ModelSourceError(f"{self.uri} → {exc}{hint}") from None
         if not (path / artifacts.FILE_MODEL_CONFIG).is_file():
             raise ModelSourceError(

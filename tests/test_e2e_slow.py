@@ -85,7 +85,7 @@ def test_registry_champion_points_at_the_awq_model(
     registry = Registry()
     champ = registry.get_champion(PARTITION)
     assert champ is not None
-    assert set(champ.sha256) >= {"merged", "awq", "catalogue"} and "merged_path" not in champ.tags
+    assert set(champ.sha256) >= {"merged", "awq", "gguf", "catalogue"} and "merged_path" not in champ.tags
     awq = registry.download_model(champ, "awq")  # the version's own hash-checked copy
     assert (awq / "config.json").is_file()
     assert champ.tags.get("gates_passed") == "true"
@@ -108,8 +108,9 @@ def test_registry_champion_points_at_the_awq_model(
     assert "quantization_config" in cfg  # compressed-tensors AWQ
 
 
+@pytest.mark.parametrize("engine", ["awq", "auto"])
 def test_champion_serves_a_valid_adherent_plan_over_http(
-    main_job_env: dict[str, str], tmp_path: Path
+    main_job_env: dict[str, str], tmp_path: Path, engine: str
 ) -> None:
     from pumpl_assets.core.exercises import ExerciseCatalogue
     from pumpl_assets.core.prompts import request_to_prompt
@@ -122,7 +123,7 @@ def test_champion_serves_a_valid_adherent_plan_over_http(
     env = {k: main_job_env[k] for k in ("PUMPL_DATA_ROOT", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
     with (
         running_server(
-            ["--partition", PARTITION, "--engine", "awq", "--poll-interval", "0", "--timeout", "600"],
+            ["--partition", PARTITION, "--engine", engine, "--poll-interval", "0", "--timeout", "600"],
             log_path=tmp_path / "serve.log",
             env=env,
             health_timeout=600,
@@ -135,6 +136,8 @@ def test_champion_serves_a_valid_adherent_plan_over_http(
             or info.get("alias") == "champion"
             or "champion" in json.dumps(info)
         )
+        if engine == "auto":  # the default on a CPU box: the version's own GGUF copy, decoded by llama.cpp
+            assert '"engine": "llamacpp"' in json.dumps(info), info
         r = client.post(
             "/generate", json={"prompt": request_to_prompt(req), "max_tokens": 448, "temperature": 0}
         )

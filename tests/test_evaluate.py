@@ -364,6 +364,52 @@ def test_compare_schema_valid_refuses_different_rows_or_mixed_models() -> None:
         compare_schema_valid(_frame("base", {"e1": True}, mode="served"), a)
 
 
+@pytest.mark.unit
+def test_compare_rates_reads_the_named_column() -> None:
+    from pumpl_assets.core.evaluate import compare_rates
+
+    ref = _frame("adapter", {"e1": True, "e2": True, "e3": False}, mode="served").with_columns(
+        adherent=pl.Series([True, False, False])
+    )
+    cand = _frame("adapter", {"e1": True, "e2": False, "e3": True}, mode="served").with_columns(
+        adherent=pl.Series([False, True, True])
+    )
+    adh = compare_rates(ref, cand, mode="served", column="adherent")
+    assert (adh.regressions, adh.improvements) == (1, 2)
+    assert adh.reference_rate == pytest.approx(1 / 3) and adh.candidate_rate == pytest.approx(2 / 3)
+    sv = compare_rates(ref, cand, mode="served", column="schema_valid")
+    assert (sv.regressions, sv.improvements) == (1, 1) and sv.drop == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="not a boolean per-example column"):
+        compare_rates(ref, cand, mode="served", column="latency_ms")
+
+
+@pytest.mark.unit
+def test_gguf_gates_fail_on_the_worst_quant() -> None:
+    from pumpl_assets.core.evaluate import RateComparison
+    from pumpl_assets.core.gates import gguf_gates
+
+    def cmp(ref: int, cand: int, lost: int, gained: int, n: int = 60) -> RateComparison:
+        return RateComparison(n, ref / n, cand / n, lost, gained)
+
+    same = {"adherent": cmp(54, 54, 1, 1), "schema_valid": cmp(59, 59, 0, 0)}
+    one_row = {"adherent": cmp(54, 53, 2, 1), "schema_valid": cmp(59, 59, 0, 0)}  # 1.7 points
+    two_rows = {"adherent": cmp(54, 52, 3, 1), "schema_valid": cmp(59, 58, 1, 0)}  # 3.3 points
+    ok = {
+        g.name: g
+        for g in gguf_gates({"q8_0": 0.27, "q4_k_m": 0.2}, 0.45, {"q8_0": same, "q4_k_m": one_row}, 0.02)
+    }
+    assert [n for n, g in ok.items() if not g.passed] == []
+    assert ok["served_adherence_drop"].metadata["q4_k_m_drop"] == pytest.approx(1 / 60)
+    assert "q8_0 90.0%" in ok["served_adherence_drop"].description
+    bad = {
+        g.name: g.passed
+        for g in gguf_gates({"q8_0": 0.27, "q4_k_m": 0.5}, 0.45, {"q8_0": same, "q4_k_m": two_rows}, 0.02)
+    }
+    assert bad == {"size_ratio": False, "served_adherence_drop": False, "schema_valid_drop": True}
+    with pytest.raises(ValueError, match="same quants"):
+        gguf_gates({"q8_0": 0.27}, 0.45, {"q4_k_m": same}, 0.02)
+
+
 @pytest.mark.integration
 def test_merged_folder_is_scored_as_the_fine_tuned_model(
     tiny_model_dir: Path,

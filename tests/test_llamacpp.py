@@ -8,6 +8,7 @@ vendored converter. Skipped, with the reason, where llama-cpp-python or the conv
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -449,7 +450,7 @@ def test_openai_route_streams_through_llamacpp(llama_server: Any) -> None:
 
 
 @pytest.mark.integration
-def test_llamacpp_from_the_registry_exits_2_naming_the_export(tmp_path: Path) -> None:
+def test_llamacpp_from_an_empty_registry_exits_2_naming_the_fix(tmp_path: Path) -> None:
     import subprocess
     import sys
 
@@ -469,7 +470,8 @@ def test_llamacpp_from_the_registry_exits_2_naming_the_export(tmp_path: Path) ->
         timeout=180,
     )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "python -m pumpl_assets.core.gguf" in r.stderr and "--model-path" in r.stderr
+    assert "no model answers to models:/pumpl-smollm2-135m@champion" in r.stderr, r.stderr[-2000:]
+    assert "--model-path" in r.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "pumpl_assets.core.gguf", str(tmp_path / "nowhere"), str(tmp_path / "out")],
         cwd=str(REPO_ROOT),
@@ -490,5 +492,182 @@ def test_serve_refuses_an_engine_that_cannot_read_the_folder(
 
     assert main(["--engine", "llamacpp", "--model-path", str(tiny_model_dir)]) == 2
     assert "holds no .gguf file" in capsys.readouterr().err
-    assert main(["--model-path", tiny_gguf.out_dir]) == 2
+    assert main(["--engine", "transformers", "--model-path", tiny_gguf.out_dir]) == 2
     assert "serve it with --engine llamacpp" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_export_for_the_registry_keeps_only_the_quants(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """What gguf_model writes: the quants and the tokenizer, no f16 file, no hard link (a registry copy
+    would store the link as a second full file); the record names the file the engine loads."""
+    exp = export_gguf(tiny_model_dir, tmp_path / "g", ("q8_0", "q4_0"), keep_base=False, link_default=False)
+    out = Path(exp.out_dir)
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["model-q4_0.gguf", "model-q8_0.gguf"]
+    assert exp.default == "model-q8_0.gguf" and exp.base_kept is False
+    assert json.loads((out / EXPORT_MARKER).read_text())["default"] == "model-q8_0.gguf"
+    assert resolve_gguf(out) == out / "model-q8_0.gguf"
+    assert exp.quants["q4_0"].bytes < exp.quants["q8_0"].bytes
+    eng = load_engine("llamacpp", out)
+    try:
+        assert isinstance(eng, LlamaCppEngine) and eng.computes_loss is False
+        assert eng.model_path == str(out / "model-q8_0.gguf")
+    finally:
+        eng.close()
+    with pytest.raises(ValueError, match="keep_base=False needs at least one quant"):
+        export_gguf(tiny_model_dir, tmp_path / "h", (), keep_base=False)
+
+
+@pytest.mark.integration
+def test_evaluation_through_llamacpp_reproduces_the_transformers_rows(
+    tiny_model_dir: Path, tiny_gguf: GGUFExport, catalogue: ExerciseCatalogue
+) -> None:
+    """gguf_model's evaluation: the f32 GGUF decoded by llama.cpp on a reference's served rows, the same
+    way (prompts, budgets, grammar, batches), writes the transformers fp32 engine's plans row for row,
+    so every comparison is exact; no test loss without a torch forward."""
+    import polars as pl
+
+    from pumpl_assets.core.evaluate import evaluate_against_reference, evaluate_models, reference_rows
+
+    reqs = [REQ_A, REQ_B, REQ_A.model_copy(update={"minutes": 20})]
+    plan = (
+        '{"title":"T","total_minutes":30,"days_per_week":3,"split":"full_body","sessions":[{"day":"full_body",'
+        '"warmup":[{"name":"Arm Circles","work_s":60}],"main":[{"name":"Push-Up","sets":3,"rest_s":60,"reps":10}],'
+        '"cooldown":[{"name":"Child\'s Pose","sets":2,"work_s":30}]}]}'
+    )
+    rows = pl.DataFrame(
+        {
+            "example_id": [f"e{i}" for i in range(len(reqs))],
+            "request_json": [r.model_dump_json() for r in reqs],
+            "plan_json": [plan] * len(reqs),
+        }
+    )
+    kw: dict[str, Any] = {"style": "chat_template", "system_prompt": "Be brief.", "batch_size": 2}
+    ref_report = evaluate_models(
+        tiny_model_dir, None, rows, catalogue, modes=("served",), include_base=False,
+        tuned_model=tiny_model_dir, dtype="float32", max_new_tokens=40, **kw,
+    )  # fmt: skip
+    ref = reference_rows(ref_report.per_example, mode="served")
+    got = evaluate_against_reference(
+        Path(tiny_gguf.path("f32")), "llamacpp", ref, rows, catalogue,
+        mode="served", columns=("adherent", "schema_valid"), max_new_tokens=40, **kw,
+    )  # fmt: skip
+    by_id = dict(zip(ref["example_id"], ref["text"], strict=True))
+    assert {
+        e: t for e, t in zip(got.per_example["example_id"], got.per_example["text"], strict=True)
+    } == by_id
+    for c in got.comparisons.values():
+        assert (c.n, c.regressions, c.improvements, c.drop) == (3, 0, 0, 0.0)
+    assert math.isnan(got.summary["adapter.test_loss"])
+    assert got.summary["adapter.served.tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="only 2 of them are in the test split"):
+        evaluate_against_reference(
+            Path(tiny_gguf.path("f32")), "llamacpp", ref, rows.head(2), catalogue,
+            mode="served", columns=("adherent",), max_new_tokens=40, **kw,
+        )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_server_engine_llamacpp_serves_the_registered_gguf_copy(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pumpl-serve --engine llamacpp` loads the champion's own GGUF copy (registry kind ``gguf``, the
+    quant its export record names) over HTTP and answers like llama.cpp in process."""
+    from pumpl_assets.core.io import sha256_tree
+    from pumpl_assets.core.registry import Registry, register_candidate
+    from pumpl_serving.testing import start_server
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PUMPL_DATA_ROOT", str(tmp_path / "data"))
+    exp = export_gguf(
+        tiny_model_dir, tmp_path / "gguf", ("q8_0", "q4_0"), keep_base=False, link_default=False
+    )
+    reg = Registry(uri, artifact_root=str(tmp_path / "artifacts"))
+    done = register_candidate(
+        reg, "smollm2-135m", merged_dir=tiny_model_dir, awq_dir=tiny_model_dir, gguf_dir=Path(exp.out_dir),
+        gates={"gguf_model.size_ratio": True}, tags={},
+    )  # fmt: skip
+    assert done.promoted and done.sha256["gguf"] == sha256_tree(exp.out_dir)
+    probe = {"prompt": "Plan my week", "max_tokens": 12, "temperature": 0.0, "raw": True}
+    srv = start_server(
+        ["--partition", "smollm2-135m", "--engine", "llamacpp", "--threads", "1", "--poll-interval", "0"],
+        log_path=tmp_path / "server.log",
+    )
+    try:
+        with srv.client() as c:
+            info = c.get("/info").json()
+            assert info["engine"] == "llamacpp" and info["quantization"] == "q8_0", info
+            assert Path(info["model_path"]).parts[-2:] == (
+                f"v{done.version}-{done.sha256['gguf'][:16]}",
+                "gguf",
+            )
+            r = c.post("/generate", json=probe)
+            assert r.status_code == 200, r.text
+            served = r.json()
+    finally:
+        srv.stop()
+    local = load_engine("llamacpp", exp.out_dir)
+    try:
+        prompt = render_prompt(local.tokenizer, probe["prompt"])  # type: ignore[arg-type]
+        (want,) = local.generate([prompt], GenerationParams(max_new_tokens=12, temperature=0.0))
+    finally:
+        local.close()
+    assert served["text"] == want.text and served["usage"]["completion_tokens"] == len(want.token_ids)
+
+
+@pytest.mark.unit
+def test_auto_engine_picks_llamacpp_only_where_it_can_serve(
+    tiny_gguf: GGUFExport, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--engine auto` (the default): llama.cpp for a CPU partition on a CPU machine with llama.cpp
+    installed, or for a GGUF path; transformers for a Hugging Face folder, a GPU partition, or a
+    machine without llama-cpp-python (the reason names the install script). An explicit engine stays."""
+    import importlib.util
+
+    from pumpl_serving.config import ServeConfig, choose_engine
+
+    assert choose_engine(ServeConfig("smollm2-135m", engine="bnb4")) == ("bnb4", "asked for")
+    assert choose_engine(ServeConfig("smollm2-135m", model_path=tiny_gguf.out_dir))[0] == "llamacpp"
+    assert choose_engine(ServeConfig("smollm2-135m", model_path=str(tiny_model_dir)))[0] == "transformers"
+    assert choose_engine(ServeConfig("smollm2-135m"))[0] == "llamacpp"  # this machine: no CUDA
+    engine, why = choose_engine(ServeConfig("qwen3-4b"))
+    assert engine == "transformers" and "GPU model" in why
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    engine, why = choose_engine(ServeConfig("smollm2-135m"))
+    assert engine == "transformers" and "scripts/llamacpp.sh" in why
+
+
+@pytest.mark.integration
+def test_auto_engine_serves_the_gguf_copy_and_falls_back_without_one(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the registry, `auto` serves the champion's GGUF copy with llama.cpp; a champion registered
+    without one (before gguf_model existed) is served from its merged copy by the transformers engine,
+    and the reason says so. An explicit `--engine llamacpp` does not fall back."""
+    from pumpl_assets.core.registry import Registry, register_candidate
+    from pumpl_serving.config import ServeConfig, resolve_source
+    from pumpl_serving.model_source import ModelSourceError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PUMPL_DATA_ROOT", str(tmp_path / "data"))
+    reg = Registry(uri, artifact_root=str(tmp_path / "artifacts"))
+    old = register_candidate(
+        reg, "smollm2-135m", merged_dir=tiny_model_dir, awq_dir=tiny_model_dir, gates={"g": True}, tags={}
+    )
+    cfg, ref, why = resolve_source(ServeConfig("smollm2-135m"))
+    assert (cfg.engine, ref.version) == ("transformers", old.version)
+    assert ref.path.name == "merged" and "no GGUF copy" in why, why
+    with pytest.raises(ModelSourceError, match="gguf"):
+        resolve_source(ServeConfig("smollm2-135m", engine="llamacpp"))
+    exp = export_gguf(tiny_model_dir, tmp_path / "gguf", ("q8_0",), keep_base=False, link_default=False)
+    new = register_candidate(
+        reg, "smollm2-135m", merged_dir=tiny_model_dir, awq_dir=tiny_model_dir, gguf_dir=Path(exp.out_dir),
+        gates={"g": True}, tags={},
+    )  # fmt: skip
+    cfg, ref, why = resolve_source(ServeConfig("smollm2-135m"))
+    assert (cfg.engine, ref.version, ref.path.name) == ("llamacpp", new.version, "gguf"), why
+    assert resolve_gguf(ref.path).name == "model-q8_0.gguf"

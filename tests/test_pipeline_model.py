@@ -74,8 +74,8 @@ def test_bad_model_fails_eval_gates_and_champion_never_moves(tiny_partition: Pat
 
     # Forcing the rest of the graph anyway registers a version, but the alias does not move:
     # registry_entry re-reads every gate and promotes only when all passed.
-    forced, _ = run(["awq_model"], ops={"awq_model": ops["awq_model"]}, instance=instance)
-    assert "awq_model" in materialized(forced)
+    forced, _ = run(["awq_model", "gguf_model"], ops={"awq_model": ops["awq_model"]}, instance=instance)
+    assert {"awq_model", "gguf_model"} <= materialized(forced)
     fchecks = check_outcomes(forced)
     # The AWQ model was decoded on exactly eval_report's rows (4, as SMALL_EVAL limits them).
     assert "awq_model:schema_valid_drop" in fchecks
@@ -87,9 +87,25 @@ def test_bad_model_fails_eval_gates_and_champion_never_moves(tiny_partition: Pat
     assert awq_mat.metadata["n_eval"].value == SMALL_EVAL.limit  # type: ignore[attr-defined]
     # The tiny model's (unquantized, tied) embedding dominates its size: the AWQ size gate fails on merit.
     assert fchecks["awq_model:size_ratio"] is False
+    # The GGUF quants went through llama.cpp on the same 4 served rows; each gate reports every quant.
+    (gguf_mat,) = [
+        e.materialization
+        for e in forced.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "gguf_model"
+    ]
+    assert gguf_mat.metadata["n_eval"].value == SMALL_EVAL.limit  # type: ignore[attr-defined]
+    assert {
+        "gguf_model:size_ratio",
+        "gguf_model:served_adherence_drop",
+        "gguf_model:schema_valid_drop",
+    } <= set(fchecks)
+    gguf_dir = settings.artifacts_dir(PARTITION, "gguf_model") / "model"
+    assert sorted(f.name for f in gguf_dir.glob("*.gguf")) == ["model-q4_k_m.gguf", "model-q8_0.gguf"]
     entry, _ = run(["registry_entry"], instance=instance)
     assert entry.success and "registry_entry" in materialized(entry)
     registry = Registry()
     assert registry.get_champion(PARTITION) is None
+    (version,) = registry.list_versions(PARTITION)
+    assert set(version.sha256) >= {"merged", "awq", "gguf"}
     awq_dir = settings.artifacts_dir(PARTITION, "awq_model") / "model"
     assert (awq_dir / "config.json").is_file()

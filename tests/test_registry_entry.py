@@ -18,12 +18,12 @@ from pumpl_assets.defs.model import registry_entry
 from pumpl_assets.defs.resources import MlflowResource
 
 PART = "smollm2-135m"
-GATED = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model")
+GATED = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model", "gguf_model")
 
 
 def _upstream(tiny_model_dir: Path, marker: str, *, failing: str | None = None) -> dict[str, Path]:
     out = {}
-    for asset in (A.ASSET_MERGED_MODEL, A.ASSET_AWQ_MODEL):
+    for asset in (A.ASSET_MERGED_MODEL, A.ASSET_AWQ_MODEL, A.ASSET_GGUF_MODEL):
         d = settings.artifacts_dir(PART, asset) / A.DIR_MODEL
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(tiny_model_dir, d)
@@ -60,6 +60,7 @@ def test_registry_entry_registers_own_copies_and_gates_the_alias(
     assert md["sha256.merged"].value == sha_a[A.ASSET_MERGED_MODEL][:16]
     entry = json.loads((settings.artifacts_dir(PART, A.ASSET_REGISTRY_ENTRY) / A.FILE_ENTRY).read_text())
     assert entry["promoted"] is True and entry["sha256"]["awq"] == sha_a[A.ASSET_AWQ_MODEL]
+    assert entry["sha256"]["gguf"] == sha_a[A.ASSET_GGUF_MODEL]
 
     # A re-run whose AWQ gate failed: registered, not crowned; the champion's files are untouched.
     _upstream(tiny_model_dir, "b", failing="awq_model")

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 ASSETS = [
     "raw", "distilled", "validated", "merged", "data_profile", "split",
-    "lora_adapter", "merged_model", "eval_report", "awq_model", "registry_entry",
+    "lora_adapter", "merged_model", "eval_report", "awq_model", "gguf_model", "registry_entry",
 ]  # fmt: skip
 SENSOR = "raw_data_sensor"
 JOB = "full_graph"

@@ -74,6 +74,7 @@ ASSET_LORA_ADAPTER = "lora_adapter"
 ASSET_EVAL_REPORT = "eval_report"
 ASSET_MERGED_MODEL = "merged_model"
 ASSET_AWQ_MODEL = "awq_model"
+ASSET_GGUF_MODEL = "gguf_model"
 ASSET_REGISTRY_ENTRY = "registry_entry"
 ASSETS = (
     ASSET_RAW,
@@ -86,6 +87,7 @@ ASSETS = (
     ASSET_MERGED_MODEL,
     ASSET_EVAL_REPORT,
     ASSET_AWQ_MODEL,
+    ASSET_GGUF_MODEL,
     ASSET_REGISTRY_ENTRY,
 )
 
@@ -125,6 +127,9 @@ FILE_FAILURE_CAUSES = "failure_causes.json"  # eval_report: top failure reasons 
 DIR_MODEL = "model"
 FILE_AWQ_EVAL = "awq_eval.json"
 FILE_AWQ_PER_EXAMPLE = "awq_per_example.parquet"
+# gguf_model: DIR_MODEL holds the GGUF quants + the HF tokenizer files (core/gguf.export_gguf)
+FILE_GGUF_EVAL = "gguf_eval.json"
+FILE_GGUF_PER_EXAMPLE = "gguf_per_example.parquet"
 # registry_entry
 FILE_ENTRY = "entry.json"
 # inside a Hugging Face model folder
@@ -133,8 +138,9 @@ FILE_MODEL_CONFIG = "config.json"
 # ---- a registered version's own copies (artifact paths inside its MLflow run) --------------------
 RUN_MERGED = "merged"  # the full-precision merged model (transformers / bnb / vllm engines)
 RUN_AWQ = "awq"  # the AWQ W4A16 model (awq engine)
+RUN_GGUF = "gguf"  # the GGUF quants + tokenizer (llamacpp engine)
 RUN_CATALOGUE = "catalogue"  # holds FILE_EXERCISES: the catalogue the grammar restricts names to
-RUN_MODEL_DIRS = {"merged": RUN_MERGED, "awq": RUN_AWQ}
+RUN_MODEL_DIRS = {"merged": RUN_MERGED, "awq": RUN_AWQ, "gguf": RUN_GGUF}
 
 MANIFEST_SUFFIX = ".manifest.json"
 

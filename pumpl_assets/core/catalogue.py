@@ -36,6 +36,10 @@ class GateThresholds:
     max_merge_logit_diff: float = 1e-2
     max_awq_size_ratio: float = 0.45
     max_awq_schema_drop: float = 0.02
+    # GGUF (llama.cpp): every exported quant, against the merged model on eval_report's served rows
+    # (issue #11): size, and the drop in served adherence and in served schema validity.
+    max_gguf_size_ratio: float = 0.45
+    max_gguf_drop: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class BaseModelSpec:
     gguf_package: str | None = None
     gguf_filename: str | None = None
     awq_group_size: int = 128
+    # GGUF quants gguf_model exports and gates (llama.cpp names); the first is what engine
+    # `llamacpp` serves (the export record's default). 8-bit first: 4-bit loses rows on this 135M model.
+    gguf_quants: tuple[str, ...] = ("q8_0", "q4_k_m")
     eval_batch_size: int = 8
     # Cap on a row's generation budget (each row gets 1.5 × its reference answer + 32; plans with a
     # push/pull/legs week reach ~1,200 tokens).
@@ -84,6 +91,7 @@ class BaseModelSpec:
                 "recipe": self.recipe.model_dump(),
                 "gates": self.gates.__dict__,
                 "awq_group_size": self.awq_group_size,
+                "gguf_quants": list(self.gguf_quants),
             }
         )[:12]
 

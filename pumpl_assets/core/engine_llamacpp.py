@@ -90,6 +90,8 @@ def _default_threads() -> int:
 class LlamaCppEngine(HFEngine):
     """One GGUF model (llama.cpp, CPU) + its HF tokenizer + the shared grammar cache."""
 
+    computes_loss = False  # no torch forward: evaluation reports no test loss for a GGUF
+
     def __init__(
         self,
         model_path: str | Path,

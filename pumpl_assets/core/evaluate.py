@@ -428,6 +428,7 @@ def evaluate_models(
     engine: HFEngine | None = None,
     dtype: str = "auto",
     tuned_model: Path | None = None,
+    tuned_engine: str = "transformers",
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
@@ -441,6 +442,9 @@ def evaluate_models(
     ``tuned_model``: a merged fine-tuned folder evaluated as the ``adapter`` rows (instead of
     ``adapter_dir`` applied unmerged) — the artifact that is quantized and served; base and tuned
     model then load one after the other, each in its own engine.
+    ``tuned_engine``: the engine kind ``tuned_model`` is loaded with (``llamacpp``: a GGUF folder from
+    :func:`~pumpl_assets.core.gguf.export_gguf`, decoded by llama.cpp with the same prompts, budgets,
+    grammar and sampling rules). An engine without a torch forward computes no test loss (NaN).
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -449,16 +453,19 @@ def evaluate_models(
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
     if tuned_model is not None and (adapter_dir is not None or engine is not None):
         raise ValueError("tuned_model (a merged folder) excludes adapter_dir and engine")
+    if tuned_engine != "transformers" and tuned_model is None:
+        raise ValueError(f"tuned_engine={tuned_engine!r} applies to tuned_model, which is not given")
     tuned = adapter_dir is not None or tuned_model is not None
     models = (["base"] if include_base or not tuned else []) + (["adapter"] if tuned else [])
     parsed = _parse_rows(test_rows, limit)
 
     own = engine is None
+    first_is_tuned = tuned_model is not None and "base" not in models
     eng = engine or load_engine(
-        "transformers",
-        base_model if tuned_model is None or "base" in models else tuned_model,
+        tuned_engine if first_is_tuned else "transformers",
+        tuned_model if first_is_tuned and tuned_model is not None else base_model,
         adapter_path=adapter_dir,
-        dtype=dtype,
+        dtype=dtype if not first_is_tuned or tuned_engine == "transformers" else "auto",
     )
     if not isinstance(eng, HFEngine):
         raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(eng).__name__}")
@@ -483,24 +490,27 @@ def evaluate_models(
         all_rows: list[dict[str, Any]] = []
         grammar_stats = []
         for model in models:
-            if tuned_model is not None and model == "adapter" and eng.model_path != str(tuned_model):
+            if tuned_model is not None and model == "adapter" and not first_is_tuned:
                 # The base is done: its engine gives way to the merged model's (one in memory at a time),
                 # which keeps the compiled grammars when its tokenizer is the base's (it is, once merged).
                 grammars = eng._grammars
                 eng.close()
-                eng = _as_hf(load_engine("transformers", tuned_model, dtype=dtype))
+                tuned_dtype = dtype if tuned_engine == "transformers" else "auto"
+                eng = _as_hf(load_engine(tuned_engine, tuned_model, dtype=tuned_dtype))
                 if grammars is not None and not eng.adopt_grammars(grammars):
                     grammar_stats.append(grammars.stats)
-            with _adapter_toggle(eng, model):
-                loss, n_tok = answer_loss(
-                    eng,
-                    [(request_to_prompt(e.understood), e.reference) for e in examples],
-                    style=style,
-                    system_prompt=system_prompt,
-                    batch_size=min(batch_size, LOSS_BATCH),
-                )
+            loss, n_tok = float("nan"), 0
+            if eng.computes_loss:
+                with _adapter_toggle(eng, model):
+                    loss, n_tok = answer_loss(
+                        eng,
+                        [(request_to_prompt(e.understood), e.reference) for e in examples],
+                        style=style,
+                        system_prompt=system_prompt,
+                        batch_size=min(batch_size, LOSS_BATCH),
+                    )
             summary[f"{model}.test_loss"] = loss
-            summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0))
+            summary[f"{model}.perplexity"] = math.exp(min(loss, 50.0)) if loss == loss else float("nan")
             summary[f"{model}.answer_tokens"] = float(n_tok)
             summary[f"{model}.n_generated"] = float(len(examples))
             model_modes = [m for m in modes if m in base_modes] if model == "base" and tuned else modes
@@ -651,11 +661,21 @@ def reference_rows(per_example: pl.DataFrame, mode: str = "unconstrained") -> pl
 def compare_schema_valid(
     reference: pl.DataFrame, candidate: pl.DataFrame, *, mode: str = "unconstrained"
 ) -> RateComparison:
-    """Compare two per-example frames (from :func:`evaluate_models`, one model each) row by row.
+    """:func:`compare_rates` of the ``schema_valid`` column."""
+    return compare_rates(reference, candidate, mode=mode, column="schema_valid")
+
+
+def compare_rates(
+    reference: pl.DataFrame, candidate: pl.DataFrame, *, mode: str, column: str
+) -> RateComparison:
+    """Compare a boolean ``column`` (``schema_valid``, ``adherent``…) of two per-example frames (from
+    :func:`evaluate_models`, one model each) row by row.
 
     Both must hold exactly the same example ids for ``mode``; a mismatch is an error, never a
     comparison of rates over different rows.
     """
+    if column not in PER_EXAMPLE_SCHEMA or PER_EXAMPLE_SCHEMA[column] != pl.Boolean:
+        raise ValueError(f"{column!r} is not a boolean per-example column")
 
     def rows(df: pl.DataFrame, name: str) -> dict[str, bool]:
         sel = df.filter(pl.col("mode") == mode)
@@ -664,7 +684,7 @@ def compare_schema_valid(
         models = sel["model"].unique().to_list()
         if len(models) != 1:
             raise ValueError(f"{name} holds several models {models}; pass one model's rows")
-        return dict(zip(sel["example_id"].to_list(), sel["schema_valid"].to_list(), strict=True))
+        return dict(zip(sel["example_id"].to_list(), sel[column].to_list(), strict=True))
 
     ref, cand = rows(reference, "reference"), rows(candidate, "candidate")
     if set(ref) != set(cand):
@@ -681,3 +701,53 @@ def compare_schema_valid(
         regressions=sum(1 for k, v in ref.items() if v and not cand[k]),
         improvements=sum(1 for k, v in ref.items() if not v and cand[k]),
     )
+
+
+@dataclass
+class QuantEvaluation:
+    """One quantized artifact decoded on a reference's rows (:func:`evaluate_against_reference`)."""
+
+    summary: dict[str, float]
+    per_example: pl.DataFrame
+    comparisons: dict[str, RateComparison]  # per-example column -> comparison with the reference
+
+
+def evaluate_against_reference(
+    model_path: Path,
+    engine_kind: str,
+    reference: pl.DataFrame,
+    test_rows: pl.DataFrame,
+    catalogue: ExerciseCatalogue,
+    *,
+    mode: str,
+    columns: tuple[str, ...],
+    style: str,
+    system_prompt: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+) -> QuantEvaluation:
+    """Decode ``model_path`` with engine ``engine_kind`` on exactly the rows of ``reference`` (one
+    model's ``mode`` rows of an eval_report, see :func:`reference_rows`), the same way (prompts,
+    budgets, batch size, grammar in served mode, greedy), and compare ``columns`` row by row."""
+    ids = reference.filter(pl.col("mode") == mode)["example_id"]
+    rows = test_rows.filter(pl.col("example_id").is_in(ids.implode()))
+    if rows.height != ids.len():
+        raise ValueError(
+            f"the reference holds {ids.len()} {mode!r} rows but only {rows.height} of them are in the test split"
+        )
+    report = evaluate_models(
+        model_path,
+        None,
+        rows,
+        catalogue,
+        style=style,
+        system_prompt=system_prompt,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        modes=(mode,),
+        include_base=False,
+        tuned_model=model_path,
+        tuned_engine=engine_kind,
+    )
+    comparisons = {c: compare_rates(reference, report.per_example, mode=mode, column=c) for c in columns}
+    return QuantEvaluation(report.summary, report.per_example, comparisons)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pumpl_assets.core.catalogue import GateThresholds
 from pumpl_assets.core.grammar import GUARANTEED_CHECKS
 from pumpl_assets.core.validate import DOMAIN_CHECKS
+
+if TYPE_CHECKING:
+    from pumpl_assets.core.evaluate import RateComparison
 
 MODEL_DECIDED_SERVED = tuple(c for c in DOMAIN_CHECKS if c not in GUARANTEED_CHECKS)
 
@@ -202,6 +205,50 @@ def awq_gates(size_ratio: float, max_ratio: float, drop: float, max_drop: float,
              "regressions": regressions},
         ),
     ]  # fmt: skip
+
+
+def gguf_gates(
+    size_ratios: Mapping[str, float],
+    max_ratio: float,
+    comparisons: Mapping[str, Mapping[str, RateComparison]],
+    max_drop: float,
+) -> list[Gate]:
+    """GGUF: per exported quant, size against the merged model (``size_ratio``) and, on the same served
+    rows, the drop in served adherence (``served_adherence_drop``) and in served schema validity
+    (``schema_valid_drop``). ``comparisons``: quant -> {"adherent" | "schema_valid": comparison}.
+    One gate per measure; each fails on its worst quant and lists every quant."""
+    if not size_ratios or set(comparisons) != set(size_ratios):
+        raise ValueError(f"gguf_gates needs the same quants for sizes and comparisons, got "
+                         f"{sorted(size_ratios)} and {sorted(comparisons)}")  # fmt: skip
+    size_ok = all(r <= max_ratio for r in size_ratios.values())
+    gates = [
+        Gate("size_ratio", size_ok,
+             "GGUF / merged size: " + ", ".join(f"{q} {r:.3f}" for q, r in size_ratios.items()) + f" (each ≤ {max_ratio})",
+             {f"size_ratio_{q}": float(r) for q, r in size_ratios.items()}),
+    ]  # fmt: skip
+    for gate_name, column, label in (
+        ("served_adherence_drop", "adherent", "served adherence"),
+        ("schema_valid_drop", "schema_valid", "served schema-valid"),
+    ):
+        parts, meta, ok = [], {}, True
+        for q, by_col in comparisons.items():
+            c = by_col[column]
+            ok = ok and c.drop <= max_drop + 1e-9
+            parts.append(f"{q} {c.candidate_rate:.1%} (drop {c.drop * 100:.1f} pts, {c.regressions} lost, "
+                         f"{c.improvements} gained)")  # fmt: skip
+            meta[f"{q}_{column}"] = c.candidate_rate
+            meta[f"{q}_drop"] = c.drop
+            meta["merged_" + column] = c.reference_rate
+            meta["n_examples"] = c.n
+        n = next(iter(comparisons.values()))[column].n
+        ref = next(iter(comparisons.values()))[column].reference_rate
+        gates.append(Gate(
+            gate_name, ok,
+            f"{label} on the same {n} test rows: merged {ref:.1%} → " + "; ".join(parts)
+            + f" (allowed drop {max_drop * 100:.1f}; one row = {100 / max(n, 1):.1f})",
+            meta,
+        ))  # fmt: skip
+    return gates
 
 
 def split_proportion_gate(

@@ -335,6 +335,8 @@ TRIM_COLUMNS = 64
 class HFEngine:
     """transformers / bnb4 / bnb8 / awq engine: one loaded model + tokenizer + grammar cache."""
 
+    computes_loss = True  # a torch forward is available (evaluate.answer_loss)
+
     def __init__(
         self,
         name: str,

@@ -8,7 +8,9 @@ so a killed export never leaves half a folder. It holds::
 
     model-f16.gguf (or model-f32.gguf)   the converter's output
     model-q8_0.gguf, model-q4_k_m.gguf   one per requested quant
-    model.gguf                           hard link to the first quant (the engine's default file)
+    model.gguf                           hard link to the first quant (the engine's default file;
+                                         ``link_default=False`` leaves it out and the record's
+                                         ``default`` names the file instead)
     tokenizer.json, tokenizer_config.json, config.json, ...   the HF tokenizer files, so the engine
                                                              tokenizes exactly like the HF engines
     pumpl_gguf.json                      the export record (:class:`GGUFExport` as JSON)
@@ -93,10 +95,12 @@ class GGUFExport:
     base: GGUFFile
     quants: dict[str, GGUFFile]
     wall_seconds: float
+    default: str = "model.gguf"  # the file engine `llamacpp` loads from this folder
+    base_kept: bool = True  # False: the converter's f16/f32 file was removed after quantizing
 
     @property
     def default_path(self) -> Path:
-        return Path(self.out_dir) / "model.gguf"
+        return Path(self.out_dir) / self.default
 
     def path(self, quant: str) -> Path:
         if quant == self.base.quant:
@@ -224,12 +228,19 @@ def export_gguf(
     *,
     base_type: str = "f16",
     threads: int | None = None,
+    keep_base: bool = True,
+    link_default: bool = True,
 ) -> GGUFExport:
     """Convert ``merged_dir`` (a merged HF folder) to GGUF files in ``out_dir`` (replaced whole).
 
     ``base_type`` is the converter's output (``f16``; ``f32`` for exact comparisons on tiny
     models). ``model.gguf`` links to the first quant, or to the base file when ``quants`` is empty.
+    ``keep_base=False`` drops the converter's file once the quants exist, and ``link_default=False``
+    writes no ``model.gguf`` link (the record's ``default`` names the first quant's file): what a
+    registry copies, which would store a hard link as a second full file.
     """
+    if not keep_base and not quants:
+        raise ValueError("keep_base=False needs at least one quant (nothing would be left to serve)")
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
     if not (merged_dir / "config.json").is_file():
         raise FileNotFoundError(f"{merged_dir} is not a Hugging Face model folder (no config.json)")
@@ -266,7 +277,10 @@ def export_gguf(
             quantize(base_file, qfile, q, threads=threads)
             done[q] = record(q, qfile, out_dir, time.perf_counter() - t0)
         first = tmp / (f"model-{quants[0]}.gguf" if quants else base_file.name)
-        os.link(first, tmp / "model.gguf")
+        if link_default:
+            os.link(first, tmp / "model.gguf")
+        if not keep_base:
+            base_file.unlink()
         for name in TOKENIZER_FILES:
             if (merged_dir / name).is_file():
                 shutil.copy2(merged_dir / name, tmp / name)
@@ -278,6 +292,8 @@ def export_gguf(
             base=base,
             quants=done,
             wall_seconds=round(time.perf_counter() - t_all, 2),
+            default="model.gguf" if link_default else first.name,
+            base_kept=keep_base,
         )
         (tmp / EXPORT_MARKER).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result

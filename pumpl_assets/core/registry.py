@@ -15,7 +15,8 @@ Stores. ``MLFLOW_TRACKING_URI`` (or the ``tracking_uri`` argument) picks the sto
   on the client's disk.
 
 An immutable version. :meth:`Registry.register_model` copies every servable format into the
-version's own run — ``runs:/<run>/merged`` (full precision) and ``runs:/<run>/awq`` (AWQ W4A16),
+version's own run — ``runs:/<run>/merged`` (full precision), ``runs:/<run>/awq`` (AWQ W4A16) and
+``runs:/<run>/gguf`` (llama.cpp quants, when the pipeline exported them),
 plus the exercise catalogue under ``catalogue/`` (names: ``core/artifacts.py`` ``RUN_*``) — and
 tags the version with each copy's ``sha256.<kind>`` (a :func:`~pumpl_assets.core.io.sha256_tree`
 of the folder) and ``artifact.<kind>`` (its path in the run). Serving materialises a version with
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 
 CHAMPION_ALIAS = "champion"
 METRIC_PREFIX = "metric."
-MODEL_KINDS = ("merged", "awq")  # servable formats: full-precision merged model, AWQ W4A16
+MODEL_KINDS = ("merged", "awq", "gguf")  # servable formats: full-precision merged, AWQ W4A16, GGUF
 MODEL_ARTIFACT_PATH = artifacts.RUN_AWQ  # the version's ``source`` (``runs:/<run>/awq``)
 SHA_TAG = "sha256.{kind}"
 ARTIFACT_TAG = "artifact.{kind}"
@@ -283,15 +284,16 @@ class Registry:
         tags: dict[str, str],
         catalogue: Path | str | None = None,
         description: str = "",
+        gguf_dir: Path | str | None = None,
     ) -> str:
         """Copy each model folder (and the catalogue file) into run ``run_id``; register a version.
 
-        The version's files are its own: ``runs:/<run>/merged`` and ``runs:/<run>/awq`` with their
-        ``sha256.<kind>`` tags (see the module docstring). At least one model folder is needed.
-        Returns the new version number (the alias is not moved).
+        The version's files are its own: ``runs:/<run>/merged``, ``runs:/<run>/awq`` and
+        ``runs:/<run>/gguf`` with their ``sha256.<kind>`` tags (see the module docstring). At least
+        the merged or the AWQ folder is needed. Returns the new version number (the alias is not moved).
         """
-        folders = {"merged": merged_dir, "awq": awq_dir}
-        if not any(folders.values()):
+        folders = {"merged": merged_dir, "awq": awq_dir, "gguf": gguf_dir}
+        if not (merged_dir or awq_dir):
             raise ValueError("register_model needs merged_dir and/or awq_dir")
         all_tags = {k: str(v) for k, v in tags.items()}
         for kind, folder in folders.items():
@@ -591,8 +593,9 @@ def register_candidate(
     catalogue: Path | None = None,
     promote: bool = True,
     description: str = "",
+    gguf_dir: Path | None = None,
 ) -> Registration:
-    """Register one pipeline result (both model folders + catalogue) and crown it only if every gate passed.
+    """Register one pipeline result (model folders + catalogue) and crown it only if every gate passed.
 
     Opens an MLflow run ``registry_entry`` in experiment ``pumpl-<partition>`` (tagged with
     ``run_tags``, e.g. the Dagster run id), copies the folders into it (:meth:`Registry.register_model`),
@@ -616,6 +619,7 @@ def register_candidate(
             tags=version_tags,
             catalogue=cat,
             description=description,
+            gguf_dir=gguf_dir,
         )
     promoted = bool(promote and all_passed)
     if promoted:

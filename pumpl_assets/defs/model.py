@@ -1,4 +1,5 @@
-"""The model half of the graph: lora_adapter → merged_model → eval_report → awq_model → registry_entry.
+"""The model half of the graph: lora_adapter → merged_model → eval_report → awq_model, gguf_model →
+registry_entry.
 
 Heavy work (training) runs in a subprocess (unsloth must be imported before
 transformers; the code server stays clean); steps that hold the accelerator use the
@@ -476,20 +477,145 @@ def awq_model(context: dg.AssetExecutionContext, config: QuantizeConfig) -> dg.M
     )
 
 
-# ---------------------------------------------------------------------------------------------- registry_entry
+# ---------------------------------------------------------------------------------------------- gguf_model
 
-_GATED_ASSETS = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model")
+_GGUF_QUANTS = {k: list(v.gguf_quants) for k, v in CATALOGUE.items()}
 
 
 @dg.asset(
     partitions_def=base_model_partitions,
     group_name=MODEL,
-    deps=["awq_model", "merged_model", "eval_report", "split", "raw"],
-    code_version=code_version("registry-2"),
+    deps=["merged_model", "eval_report", "split", "raw"],
+    code_version=code_version("gguf-1", _GATES, _GGUF_QUANTS),
+    kinds={"gguf"},
+    check_specs=[
+        gate_spec("size_ratio", "gguf_model", "Each GGUF quant ≤ 0.45× the merged model"),
+        gate_spec(
+            "served_adherence_drop", "gguf_model", "Served adherence drops ≤ 2 points vs the merged model"
+        ),
+        gate_spec(
+            "schema_valid_drop", "gguf_model", "Served schema-valid rate drops ≤ 2 points vs the merged model"
+        ),
+    ],
+    description="The merged model as llama.cpp GGUF quants (8-bit, 4-bit k-quant) for engine `llamacpp`, each "
+    "decoded through llama.cpp on eval_report's served rows and compared with the merged model row by row.",
+)
+def gguf_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from pumpl_assets.core.evaluate import evaluate_against_reference, reference_rows
+    from pumpl_assets.core.gates import gguf_gates
+    from pumpl_assets.core.gguf import GGUFExportError, export_gguf
+    from pumpl_assets.core.io import write_parquet_atomic
+    from pumpl_assets.core.prompts import resolve_style
+
+    spec = spec_for(context)
+    p = context.partition_key
+    merged_dir = upstream_dir(p, A.ASSET_MERGED_MODEL) / A.DIR_MODEL
+    eval_dir = upstream_dir(p, A.ASSET_EVAL_REPORT)
+    eval_summary = json.loads((eval_dir / A.FILE_SUMMARY).read_text())
+    merged_rows = reference_rows(pl.read_parquet(eval_dir / A.FILE_PER_EXAMPLE), mode="served")
+    test = pl.read_parquet(upstream_dir(p, A.ASSET_SPLIT) / A.split_file("test"))
+    cat = ExerciseCatalogue.from_parquet(upstream_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES)
+    d = out_dir(context)
+    try:
+        # The converter's f16 file is dropped and no model.gguf link is made: the folder is registered
+        # as it is, and a registry would store the link as a second full copy.
+        export = export_gguf(
+            merged_dir, d / A.DIR_MODEL, spec.gguf_quants, keep_base=False, link_default=False
+        )
+    except GGUFExportError as exc:
+        raise dg.Failure(f"gguf_model for {p!r}: {exc}") from None
+    evals = {}
+    for quant in spec.gguf_quants:
+        evals[quant] = evaluate_against_reference(
+            export.path(quant),
+            "llamacpp",
+            merged_rows,
+            test,
+            cat,
+            mode="served",
+            columns=("adherent", "schema_valid"),
+            style=resolve_style(spec.prompt_style),
+            system_prompt=settings.system_prompt(),
+            batch_size=int(eval_summary["eval.batch_size"]),
+            max_new_tokens=int(eval_summary["eval.max_new_tokens"]),
+        )
+        context.log.info(
+            f"{quant}: served adherence {evals[quant].comparisons['adherent'].candidate_rate:.1%}, "
+            f"schema-valid {evals[quant].comparisons['schema_valid'].candidate_rate:.1%}"
+        )
+    gates = gguf_gates(
+        {q: export.quants[q].ratio for q in spec.gguf_quants},
+        spec.gates.max_gguf_size_ratio,
+        {q: e.comparisons for q, e in evals.items()},
+        spec.gates.max_gguf_drop,
+    )
+    checks = [check(gt.name, gt.passed, gt.description, **gt.metadata) for gt in gates]
+    write_gates(d, checks)
+    merged_tps = float(eval_summary.get("adapter.served.tokens_per_s", 0.0))
+    write_json_atomic(
+        d / A.FILE_GGUF_EVAL,
+        {
+            "export": export.to_dict(),
+            "merged_served_tokens_per_s": merged_tps,
+            **{
+                q: {"summary": e.summary, **{c: cmp.to_dict() for c, cmp in e.comparisons.items()}}
+                for q, e in evals.items()
+            },
+        },
+    )
+    write_parquet_atomic(
+        d / A.FILE_GGUF_PER_EXAMPLE,
+        pl.concat(
+            [merged_rows.with_columns(pl.lit("merged").alias("model"))]
+            + [e.per_example.with_columns(pl.lit(f"gguf-{q}").alias("model")) for q, e in evals.items()]
+        ),
+    )
+    per_quant: dict[str, Any] = {}
+    for q, e in evals.items():
+        tps = float(e.summary.get("adapter.served.tokens_per_s", 0.0))
+        per_quant.update(
+            {
+                f"{q}.size_mb": export.quants[q].bytes / 1e6,
+                f"{q}.size_ratio": export.quants[q].ratio,
+                f"{q}.served_adherence": e.comparisons["adherent"].candidate_rate,
+                f"{q}.served_schema_valid": e.comparisons["schema_valid"].candidate_rate,
+                f"{q}.served_tokens_per_s": tps,
+                f"{q}.speedup_vs_merged": tps / merged_tps if merged_tps else float("nan"),
+            }
+        )
+    return dg.MaterializeResult(
+        metadata=metadata(
+            {
+                "path": export.out_dir,
+                "served_file": export.default,
+                "quants": list(spec.gguf_quants),
+                "merged_size_mb": export.safetensors_bytes / 1e6,
+                "merged_served_adherence": evals[spec.gguf_quants[0]].comparisons["adherent"].reference_rate,
+                "merged_served_tokens_per_s": merged_tps,
+                "export_wall_s": export.wall_seconds,
+                "n_eval": merged_rows.height,
+                **per_quant,
+            }
+        ),
+        check_results=checks,
+        data_version=dg.DataVersion(sha256_tree(export.out_dir)[:16]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- registry_entry
+
+_GATED_ASSETS = ("split", "lora_adapter", "merged_model", "eval_report", "awq_model", "gguf_model")
+
+
+@dg.asset(
+    partitions_def=base_model_partitions,
+    group_name=MODEL,
+    deps=["awq_model", "gguf_model", "merged_model", "eval_report", "split", "raw"],
+    code_version=code_version("registry-3"),
     kinds={"mlflow"},
     description=(
-        "A version of the partition's registered model in MLflow holding its own copies of the merged and "
-        "AWQ models (sha256-tagged); `champion` moves when every gate passed."
+        "A version of the partition's registered model in MLflow holding its own copies of the merged, "
+        "AWQ and GGUF models (sha256-tagged); `champion` moves when every gate passed."
     ),
 )
 def registry_entry(
@@ -507,6 +633,7 @@ def registry_entry(
         p,
         merged_dir=upstream_dir(p, A.ASSET_MERGED_MODEL) / A.DIR_MODEL,
         awq_dir=upstream_dir(p, A.ASSET_AWQ_MODEL) / A.DIR_MODEL,
+        gguf_dir=upstream_dir(p, A.ASSET_GGUF_MODEL) / A.DIR_MODEL,
         catalogue=settings.artifacts_dir(p, A.ASSET_RAW) / A.FILE_EXERCISES,
         gates=gates,
         promote=config.promote,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent: install the pinned llama-cpp-python (sdist only: built here with cmake + a C/C++ compiler,
-# ~3 min on 2 cores without the multimodal library) and place llama.cpp's HF -> GGUF converter, which the
-# package does not install, under .cache/llamacpp/ (git-ignored), with the `conversion/` and `gguf-py/` trees
-# it imports from the same sdist (so converter and gguf writer are the same llama.cpp revision).
+# ~2 min on 2 cores without the multimodal and `common` libraries) and place llama.cpp's HF -> GGUF
+# converter, which the package does not install, under .cache/llamacpp/ (git-ignored), with the
+# `conversion/` and `gguf-py/` trees it imports from the same sdist (so converter and gguf writer are the
+# same llama.cpp revision).
 # Exits non-zero with a message naming what is missing; the torch engines do not need any of this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,12 @@ if [ "$(uname -m)" = "x86_64" ] && [ -r /proc/cpuinfo ]; then
   done
 fi
 cmake_args="${CMAKE_ARGS:+$CMAKE_ARGS }$cmake_args"
-key="$(printf '%s %s' "$PIN" "$cmake_args" | sha256sum | cut -c1-12)"
+# llama.cpp's `common` library (chat templates, argument parsing, downloads: 29 heavy C++ files) is forced ON
+# by the package's CMakeLists (a CACHE FORCE, so -DLLAMA_BUILD_COMMON=OFF is overridden), yet only its
+# multimodal library links it (off above) and the Python package never loads it: it was half the build
+# (205 s with it, ~100 s without, 2 cores, 2026-12-04). The build patches that one line (checked below).
+patch="common=off"
+key="$(printf '%s %s %s' "$PIN" "$cmake_args" "$patch" | sha256sum | cut -c1-12)"
 # The built wheel is kept per build options: pip's own wheel cache keys an sdist by its URL alone, so a
 # changed option would silently reinstall the old binary.
 wheels="${PUMPL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pumpl/wheels}/llama-cpp-python-$PIN-$key"
@@ -62,10 +68,22 @@ if ! ls "$wheels"/llama_cpp_python-"$PIN"-*.whl >/dev/null 2>&1; then
     echo "  Debian/Ubuntu: apt-get install -y cmake build-essential" >&2
     exit 1
   fi
-  echo "llamacpp.sh: building llama-cpp-python $PIN ($cmake_args)" >&2
+  echo "llamacpp.sh: building llama-cpp-python $PIN ($cmake_args; $patch)" >&2
   mkdir -p "$(dirname "$wheels")"
   building="$(mktemp -d "$(dirname "$wheels")/.building.XXXXXX")"
-  CMAKE_ARGS="$cmake_args" nice -n 10 "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$building" "$sdist"
+  src="$building/src"
+  mkdir -p "$src"
+  tar -xzf "$sdist" -C "$src"
+  src="$src/llama_cpp_python-$PIN"
+  forced='set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)'
+  if ! grep -qF "$forced" "$src/CMakeLists.txt"; then
+    echo "llamacpp.sh: llama-cpp-python $PIN's CMakeLists.txt no longer forces LLAMA_BUILD_COMMON as expected;" \
+      "review the common=off patch in scripts/llamacpp.sh" >&2
+    exit 1
+  fi
+  sed -i "s/set(LLAMA_BUILD_COMMON ON CACHE/set(LLAMA_BUILD_COMMON OFF CACHE/" "$src/CMakeLists.txt"
+  CMAKE_ARGS="$cmake_args" nice -n 10 "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$building" "$src"
+  rm -rf "$building/src"
   rm -rf "$wheels" && mv "$building" "$wheels"  # whole folder or nothing: a killed build leaves no wheel
 fi
 "$PY" -m pip uninstall -q -y llama-cpp-python >/dev/null 2>&1 || true

@@ -454,6 +454,33 @@ def test_merged_folder_is_scored_as_the_fine_tuned_model(
         )  # fmt: skip
 
 
+@pytest.mark.integration
+def test_a_second_evaluation_reuses_the_first_ones_grammars(
+    tiny_model_dir: Path, test_rows: pl.DataFrame, catalogue: ExerciseCatalogue
+) -> None:
+    """gguf_model decodes each quant on the same served rows: the second evaluation takes the first's
+    compiled grammars (same tokenizer) and compiles none, with the same answers as compiling its own."""
+    kw: dict[str, Any] = {
+        "style": "chat_template",
+        "system_prompt": None,
+        "batch_size": 3,
+        "max_new_tokens": 40,
+        "modes": ("served",),
+        "limit": 3,
+    }
+    first = evaluate_models(tiny_model_dir, None, test_rows, catalogue, **kw)
+    assert first.grammars is not None and first.summary["grammar.compiles"] == 3.0
+    compiled = first.grammars.stats.compiles
+    again = evaluate_models(tiny_model_dir, None, test_rows, catalogue, grammars=first.grammars, **kw)
+    assert again.grammars is first.grammars and first.grammars.stats.compiles == compiled
+    assert first.grammars.stats.hits >= 3
+    assert again.per_example["text"].to_list() == first.per_example["text"].to_list()
+    unconstrained = evaluate_models(
+        tiny_model_dir, None, test_rows, catalogue, **(kw | {"modes": ("unconstrained",)})
+    )
+    assert unconstrained.grammars is None  # no served schema: nothing compiled, nothing to pass on
+
+
 def _request(days: int, minutes: int) -> RequestSpec:
     return RequestSpec(
         goal="strength", minutes=minutes, level="beginner", equipment=["body only"], days_per_week=days

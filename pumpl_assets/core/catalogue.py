@@ -144,11 +144,13 @@ CATALOGUE: dict[str, BaseModelSpec] = {
                 provisional_schema_valid=0.80,
                 provisional_awq_schema_drop=0.10,
             ),
-            # Decode batch of the continuously batched eval (rows replaced as they finish). One bf16
-            # decode step costs 47 / 80 / 105 / 114 ms at 1 / 16 / 24 / 32 rows here; 48 served plans
-            # of the CI model: continuous 24 rows 158.6 tokens/s, 32 rows 144.7, 16 rows 128.4,
-            # consecutive batches of 16 (the old eval) 109.1 -- bench_batching, 2026-12-01.
-            eval_batch_size=24,
+            # Decode batch of the continuously batched eval (rows replaced as they finish); the GGUF
+            # and AWQ gates decode at the same batch. On the AMD EPYC box (2026-12-01, bench_batching)
+            # 24 beat 32 (158.6 vs 144.7 tokens/s); on the AMX Xeon CI now runs on, the 62 test rows of
+            # the 2026-12-04 CI model (bf16, transformers): unconstrained 236.5 / 304.2 / 309.5 tokens/s
+            # at 24 / 48 / 62 rows, served 194.8 / 221.6 at 24 / 48; llama.cpp q8_0 served 178.5 /
+            # 186.8 / 187.6 at 24 / 48 / 62 (docs/measurements-log.md, session 26).
+            eval_batch_size=48,
             # Tuned with bench/train_recipe.py and the full graph on this 2-core box: 400 offline-teacher
             # examples, packed 1024-token rows (~3 examples each), LoRA r16 on all 7 projections,
             # lr 2e-3, bf16 autocast (fp32 master weights; this CPU's bf16 matmuls are ~2x fp32).

@@ -40,7 +40,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ PER_EXAMPLE_SCHEMA: dict[str, Any] = {
 class EvalReport:
     summary: dict[str, float]
     per_example: pl.DataFrame
+    # The last engine's compiled grammars (generation.GrammarCache; None unconstrained): another
+    # evaluation with the same tokenizer passes it on as ``grammars`` instead of compiling them again.
+    grammars: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -429,6 +432,7 @@ def evaluate_models(
     dtype: str = "auto",
     tuned_model: Path | None = None,
     tuned_engine: str = "transformers",
+    grammars: Any = None,
 ) -> EvalReport:
     """Generate, validate and score base and adapter on ``test_rows`` (see module doc).
 
@@ -445,6 +449,8 @@ def evaluate_models(
     ``tuned_engine``: the engine kind ``tuned_model`` is loaded with (``llamacpp``: a GGUF folder from
     :func:`~pumpl_assets.core.gguf.export_gguf`, decoded by llama.cpp with the same prompts, budgets,
     grammar and sampling rules). An engine without a torch forward computes no test loss (NaN).
+    ``grammars``: compiled grammars of an earlier evaluation (its :attr:`EvalReport.grammars`), adopted
+    when they fit the first engine's tokenizer; the ``grammar.*`` figures then count both evaluations.
     """
     bad_modes = [m for m in modes if m not in MODES]
     if bad_modes or not modes:
@@ -469,6 +475,7 @@ def evaluate_models(
     )
     if not isinstance(eng, HFEngine):
         raise TypeError(f"evaluate_models needs a transformers-based engine, got {type(eng).__name__}")
+    eng.adopt_grammars(grammars)
     if adapter_dir is not None and not hasattr(eng.model, "disable_adapter"):
         raise ValueError("adapter_dir given but the engine's model has no PEFT adapter applied")
     try:
@@ -528,7 +535,7 @@ def evaluate_models(
                 sum(st.compile_seconds for st in grammar_stats) / compiles if compiles else 0.0
             )
         per_example = pl.DataFrame(all_rows, schema=PER_EXAMPLE_SCHEMA)
-        return EvalReport(summary=summary, per_example=per_example)
+        return EvalReport(summary=summary, per_example=per_example, grammars=eng._grammars)
     finally:
         if own:
             eng.close()
@@ -710,6 +717,7 @@ class QuantEvaluation:
     summary: dict[str, float]
     per_example: pl.DataFrame
     comparisons: dict[str, RateComparison]  # per-example column -> comparison with the reference
+    grammars: Any = field(default=None, repr=False, compare=False)  # as EvalReport.grammars
 
 
 def evaluate_against_reference(
@@ -725,10 +733,12 @@ def evaluate_against_reference(
     system_prompt: str | None,
     batch_size: int,
     max_new_tokens: int,
+    grammars: Any = None,
 ) -> QuantEvaluation:
     """Decode ``model_path`` with engine ``engine_kind`` on exactly the rows of ``reference`` (one
     model's ``mode`` rows of an eval_report, see :func:`reference_rows`), the same way (prompts,
-    budgets, batch size, grammar in served mode, greedy), and compare ``columns`` row by row."""
+    budgets, batch size, grammar in served mode, greedy), and compare ``columns`` row by row.
+    ``grammars``: an earlier evaluation's compiled grammars (see :func:`evaluate_models`)."""
     ids = reference.filter(pl.col("mode") == mode)["example_id"]
     rows = test_rows.filter(pl.col("example_id").is_in(ids.implode()))
     if rows.height != ids.len():
@@ -748,6 +758,7 @@ def evaluate_against_reference(
         include_base=False,
         tuned_model=model_path,
         tuned_engine=engine_kind,
+        grammars=grammars,
     )
     comparisons = {c: compare_rates(reference, report.per_example, mode=mode, column=c) for c in columns}
-    return QuantEvaluation(report.summary, report.per_example, comparisons)
+    return QuantEvaluation(report.summary, report.per_example, comparisons, report.grammars)

@@ -524,7 +524,8 @@ def gguf_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         )
     except GGUFExportError as exc:
         raise dg.Failure(f"gguf_model for {p!r}: {exc}") from None
-    evals = {}
+    evals: dict[str, Any] = {}
+    grammars = None  # every quant shares the tokenizer: the served schemas compile once (~10 s)
     for quant in spec.gguf_quants:
         evals[quant] = evaluate_against_reference(
             export.path(quant),
@@ -538,7 +539,9 @@ def gguf_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             system_prompt=settings.system_prompt(),
             batch_size=int(eval_summary["eval.batch_size"]),
             max_new_tokens=int(eval_summary["eval.max_new_tokens"]),
+            grammars=grammars,
         )
+        grammars = evals[quant].grammars
         context.log.info(
             f"{quant}: served adherence {evals[quant].comparisons['adherent'].candidate_rate:.1%}, "
             f"schema-valid {evals[quant].comparisons['schema_valid'].candidate_rate:.1%}"

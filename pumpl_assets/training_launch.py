@@ -144,6 +144,16 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _allocator_env() -> dict[str, str]:
+    """:func:`pumpl_assets.core.heap.preload_env`, a required-but-missing tcmalloc as a clear Failure."""
+    from pumpl_assets.core.heap import AllocatorUnavailableError, preload_env
+
+    try:
+        return preload_env()
+    except (AllocatorUnavailableError, ValueError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
 def redact_address(address: str) -> str:
     """The address without any user:password part (safe for logs and metadata)."""
     parts = urlsplit(address)
@@ -209,7 +219,8 @@ def ray_submit_params(
     params: dict[str, Any] = {
         "entrypoint": shlex.join(training_command()),
         "submission_id": submission_id,
-        "runtime_env": {"env_vars": forwarded_env(environ)},
+        # The nodes run the same image as this one (module docstring), tcmalloc included.
+        "runtime_env": {"env_vars": {**forwarded_env(environ), **_allocator_env()}},
         "entrypoint_num_cpus": 1,
     }
     if num_gpus:
@@ -244,7 +255,8 @@ def launch(
         from dagster._core.errors import DagsterPipesExecutionError
 
         client = dg.PipesSubprocessClient(
-            env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+            # tcmalloc preloaded where the machine has it: ~30% faster CPU steps (core/heap.py).
+            env={"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **_allocator_env()},
             message_reader=CompleteLineTempFileMessageReader(),
         )
         try:

@@ -287,6 +287,7 @@ class PlainRecipe:
                 "device": self.device,
                 "threads": torch.get_num_threads(),
                 "retained_heap": heap.retained(),
+                "allocator": heap.allocator(),
                 "thread_changes": threads.changes,
                 "batches_per_epoch": per_epoch,
                 "n_val_examples": len(tok_val),

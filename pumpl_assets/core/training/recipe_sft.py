@@ -212,6 +212,7 @@ def _finish(
             "device": session.device,
             "threads": torch.get_num_threads(),
             "retained_heap": heap.retained(),
+            "allocator": heap.allocator(),
             "packing": cfg.packing,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
             if str(session.device).startswith("cuda")

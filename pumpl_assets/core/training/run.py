@@ -233,7 +233,9 @@ def run_training_subprocess(
     log_path = Path(log_path) if log_path else out_dir / "train.log"
     result_path = out_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
-    env = dict(os.environ)
+    from pumpl_assets.core.heap import preload_env
+
+    env = {**os.environ, **preload_env()}  # tcmalloc where the machine has it (core/heap.py)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [sys.executable, "-m", "pumpl_assets.core.training.run", "--job", str(job_path)]
@@ -298,6 +300,7 @@ def materialization_metadata(result: Any, cfg: dict[str, Any]) -> dict[str, Any]
         "device": str(result.extra.get("device", "")),
         "threads": int(result.extra.get("threads") or 0),
         "retained_heap": bool(result.extra.get("retained_heap", False)),
+        "allocator": str(result.extra.get("allocator", "glibc")),
         "host_pid": f"{os.uname().nodename}:{os.getpid()}",
     }
 
